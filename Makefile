@@ -1,0 +1,45 @@
+# ecgssl - two commands on a fresh machine:
+#   make demo   installs (.venv) then runs the whole pipeline on the bundled real sample
+#   make test   installs (.venv) then runs the test suite (everything except GPU tests)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+
+.PHONY: install demo test test-fast lint bench ui clean
+
+# (Re)create the venv when it is missing or older than the dependency files. Plain pip (not uv): pip's
+# configuration picks the right torch build; the constraints file pins torch.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} \
+	$(BIN)/ecgssl pipeline --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not server" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+ui: $(STAMP)
+	$(BIN)/ecgssl ui
+
+clean:
+	rm -rf $(VENV) .demo .prefect mlflow.db

@@ -102,7 +102,8 @@ class Source(BaseModel):
     dx_system: DxSystem = Field(description="Code system of the diagnoses (the store's `dx_systems` entry).")
     databases: tuple[Database, ...] = Field(description="Sub-databases with their expected sampling rates.")
     metadata_files: tuple[str, ...] = Field(
-        (), description="Files besides the records that ingest needs (label tables, licence), relative to the root."
+        (), description="Files besides the records that ingest needs (label and metadata tables), relative to the "
+        "root. Licence texts are not fetched: the licence is recorded in `licence` / `licence_url`."
     )
     record_groups: tuple[str, ...] = Field(
         description="Groups a record can belong to: the first path component that selects records "
@@ -260,7 +261,7 @@ SOURCES: dict[str, Source] = {
                 "in Cardiology Challenge 2020. Physiol Meas. 2020;41(12):124003. "
                 "doi:10.1088/1361-6579/abc960. " + _PHYSIONET_CITATION
             ),
-            doi="10.13026/F4AB-0814",
+            doi="10.13026/dvyd-kd57",
             layout="challenge",
             labels=LabelLocation(kind="header-comment", header_key="Dx", header_prefix="#Dx:"),
             dx_system="snomed-ct",
@@ -310,7 +311,7 @@ SOURCES: dict[str, Source] = {
             dx_system="ptbxl-scp",
             databases=(Database(name="ptb-xl", fs=500, description="PTB-XL (500 Hz; 100 Hz in records100/)"),),
             # patient_id, age, sex, strat_fold and filename_lr/_hr are columns of ptbxl_database.csv.
-            metadata_files=("ptbxl_database.csv", "scp_statements.csv", "LICENSE.txt"),
+            metadata_files=("ptbxl_database.csv", "scp_statements.csv"),
             record_groups=("records100", "records500"),
             selected_groups=("records500",),
         ),
@@ -348,7 +349,7 @@ SOURCES: dict[str, Source] = {
             dx_system="ludb-diagnosis",
             # Per-lead gains and a non-zero baseline in the headers: always convert with the header's values.
             databases=(Database(name="ludb", fs=500, description="Lobachevsky University, 10 s 12-lead"),),
-            metadata_files=("ludb.csv", "LICENSE.txt"),
+            metadata_files=("ludb.csv",),
             record_groups=("data",),
             selected_groups=("data",),
         ),

@@ -1,0 +1,215 @@
+"""Convert verified raw records into the store, in parallel with Dask worker processes.
+
+Reading and resampling a record is GIL-bound Python/numpy, so the work runs in worker PROCESSES
+(``LocalCluster(processes=True)``, or any running cluster given by address). Records travel in batches: a
+worker reads, harmonises and returns one compact :class:`~ecgmodel.data.store.WindowBatch` (int16) per batch.
+The main process is the store's single writer: it appends results in submission order as they arrive, with at
+most ``max_in_flight`` batches outstanding (memory stays flat whatever the number of records), and commits
+every ``commit_every`` batches and after each source. Records already committed are skipped, so an interrupted
+run resumes and a repeated run changes nothing. Invalid records are quarantined with their reason.
+
+    report = convert_sources(cfg, [{"slug": "ptb-xl", "root": "data/raw/ptb-xl/1.0.3",
+                                    "records_file": ".../.ecgssl-records.txt", "failures": []}])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ecgmodel.data.ingest_config import IngestConfig
+from ecgmodel.data.signal import LeadError, harmonise
+from ecgmodel.data.sources import Source
+from ecgmodel.data.store import StoreWriter, WindowBatch, open_store
+from ecgmodel.data.wfdb_io import MetadataTable, RecordError, read_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    """What a worker sends back for one batch of records (small, besides the int16 windows)."""
+
+    batch: WindowBatch | None
+    records: list[str] = field(default_factory=list)  # record names stored in `batch`
+    failures: list[dict[str, str]] = field(default_factory=list)  # {"record", "reason"}
+
+
+@functools.lru_cache(maxsize=8)
+def _metadata(root: str, layout: str, slug: str) -> MetadataTable:
+    # one CSV parse per worker process and source, not per batch
+    return MetadataTable(root, layout, slug)
+
+
+def convert_batch(
+    root: str,
+    source: Source,
+    record_paths: Sequence[str],
+    fs: int,
+    window_s: float,
+    max_windows: int | None,
+) -> BatchResult:
+    """Read and harmonise ``record_paths`` of ``source`` below ``root`` (runs in a worker process)."""
+    batches, names, failures = [], [], []
+    try:
+        meta = _metadata(str(root), source.layout, source.slug)
+    except FileNotFoundError as e:
+        reason = str(e)
+        return BatchResult(None, [], [{"record": Source.record_name(p), "reason": reason} for p in record_paths])
+    for path in record_paths:
+        name = Source.record_name(path)
+        label = f"{source.slug}/{name}"
+        try:
+            rec = read_record(root, path, source.slug, source.layout, meta)
+            try:
+                h = harmonise(rec.signal, rec.sig_name, rec.fs, fs=fs, window_s=window_s, max_windows=max_windows)
+            except LeadError as e:
+                raise RecordError(f"{label}: {e} (lead names)") from e
+            if len(h.signal) == 0:
+                raise RecordError(f"{label}: record has no samples (empty signal)")
+            batches.append(
+                WindowBatch.for_record(
+                    h.signal, h.lead_present, h.window_start, h.valid_length, h.qc,
+                    record=name, source=source.slug, database=source.database_of(path), dx=rec.dx,
+                    patient_id=rec.patient_id, age=rec.age, sex=rec.sex, fold=rec.fold,
+                )  # fmt: skip
+            )
+            names.append(name)
+        except RecordError as e:
+            failures.append({"record": name, "reason": str(e)})
+        except Exception as e:  # a reader bug must not stop the other records: quarantine it, loudly
+            failures.append({"record": name, "reason": f"{label}: unexpected {type(e).__name__}: {e}"})
+    return BatchResult(WindowBatch.concat(batches) if batches else None, names, failures)
+
+
+def read_record_list(item: dict[str, Any]) -> list[str]:
+    """Record paths of a fetch result: inline ``records`` or the ``records_file`` it points to."""
+    if item.get("records") is not None:
+        return list(item["records"])
+    path = item.get("records_file")
+    if not path:
+        raise ValueError(f"{item.get('slug')}: fetch result has neither 'records' nor 'records_file'")
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
+    """A dask.distributed Client: on ``address`` if given, else a local cluster of ``workers`` processes.
+
+    Yields None when ``workers == 0`` and no address is given (convert in this process).
+    """
+    if address is None and workers == 0:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if address is not None:
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:  # fmt: skip
+        yield client
+
+
+def _results(client: Any, fn, jobs: list[tuple], max_in_flight: int) -> Iterator[BatchResult]:
+    """Run ``fn(*job)`` for each job, yielding results in job order with <= max_in_flight outstanding."""
+    if client is None:
+        for job in jobs:
+            yield fn(*job)
+        return
+    pending: deque = deque()
+    it = iter(jobs)
+    for job in it:
+        pending.append(client.submit(fn, *job, pure=False))
+        if len(pending) >= max_in_flight:
+            break
+    while pending:
+        future = pending.popleft()
+        result = future.result()
+        future.release()
+        next_job = next(it, None)
+        if next_job is not None:
+            pending.append(client.submit(fn, *next_job, pure=False))
+        yield result
+
+
+def convert_sources(cfg: IngestConfig | dict, fetched: list[dict[str, Any]], client: Any = "auto") -> dict:
+    """Convert fetched sources into ``cfg.store``; returns the store summary plus this run's counts.
+
+    ``fetched``: one dict per source with ``slug``, ``root``, the record list (``records`` or
+    ``records_file``), ``version``/``mirror`` and download ``failures`` (quarantined as they are).
+    ``client``: a dask Client, None (in-process) or "auto": a cluster from ``cfg.workers`` /
+    ``cfg.dask_address``, started only when some record is left to convert.
+    """
+    cfg = cfg if isinstance(cfg, IngestConfig) else IngestConfig.model_validate(cfg)
+    max_in_flight = cfg.max_in_flight or 2 * max(cfg.workers, 1) + 1
+    run: dict[str, dict[str, int]] = {}
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        w = stack.enter_context(
+            StoreWriter(cfg.store, fs=cfg.fs, window_samples=cfg.window_samples, chunk_windows=cfg.chunk_windows)
+        )
+        done = w.committed_keys()
+        plans = []
+        for item in fetched:
+            source = cfg.source(item["slug"])
+            paths = read_record_list(item)
+            todo = [p for p in paths if (source.slug, Source.record_name(p)) not in done]
+            plans.append((item, source, paths, todo))
+        if client == "auto":
+            need = any(todo for *_, todo in plans)
+            client = stack.enter_context(dask_client(cfg.workers, cfg.dask_address)) if need else None
+        for item, source, paths, todo in plans:
+            run[source.slug] = _convert_one(w, cfg, item, source, paths, todo, client, max_in_flight)
+    summary = open_store(cfg.store).summary()
+    summary["run"] = run
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["store_hash"] = summary["hash"]
+    return summary
+
+
+def _convert_one(
+    w: StoreWriter,
+    cfg: IngestConfig,
+    item: dict[str, Any],
+    source: Source,
+    paths: list[str],
+    todo: list[str],
+    client: Any,
+    max_in_flight: int,
+) -> dict[str, int]:
+    info = {"version": item.get("version", source.version), "base_url": source.base_url(item.get("mirror", cfg.mirror))}
+    quarantine = [{"source": source.slug, "record": Source.record_name(f["record"]), "reason": f["reason"]}
+                  for f in item.get("failures", [])]  # fmt: skip
+    stats = {"records_listed": len(paths) + len(quarantine), "skipped": len(paths) - len(todo),
+             "stored": 0, "quarantined": len(quarantine), "windows": 0}  # fmt: skip
+    jobs = [
+        (str(item["root"]), source, todo[i : i + cfg.batch_records], cfg.fs, cfg.window_s, cfg.max_windows_per_record)
+        for i in range(0, len(todo), cfg.batch_records)
+    ]
+    commit = functools.partial(w.commit, sources={source.slug: info}, dx_systems={source.slug: source.dx_system})
+    with tqdm(total=len(todo), desc=f"convert {source.slug}", unit="rec", disable=not cfg.progress) as bar:
+        for i, res in enumerate(_results(client, convert_batch, jobs, max_in_flight)):
+            if res.batch is not None:
+                w.append(res.batch)
+                stats["windows"] += len(res.batch)
+            stats["stored"] += len(res.records)
+            stats["quarantined"] += len(res.failures)
+            quarantine += [{"source": source.slug, **f} for f in res.failures]
+            bar.update(len(res.records) + len(res.failures))
+            if (i + 1) % cfg.commit_every == 0:
+                commit(quarantine=quarantine)
+                quarantine = []
+    commit(quarantine=quarantine)
+    log.info("%s: %s", source.slug, stats)
+    return stats

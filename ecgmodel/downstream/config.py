@@ -1,0 +1,113 @@
+"""``FinetuneConfig``: one fine-tuning run (one cell of a label-efficiency ablation), documented key by key.
+
+Definitions used throughout:
+
+* **full** fine-tuning trains the encoder and the head together (the encoder at ``optim.encoder_lr_scale`` x lr);
+* **linear** probe freezes the encoder (eval mode, no gradients) and trains only the linear head;
+* **init** ``random`` starts from a randomly initialised encoder (architecture from ``arch_from`` when given, so
+  it matches the pretrained one, else from ``encoder``); any other value is a pretrained encoder reference
+  (checkpoint path, MLflow run id, ``runs:/...`` or ``models:/ecgssl-encoder/N``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ecgmodel.models.encoder import EncoderConfig
+
+TASKS = ("arrhythmia27", "localization")
+EXPERIMENTS = {"arrhythmia27": "ecgssl-arrhythmia27", "localization": "ecgssl-localization"}
+#: the metric the ablation figures use, per task
+PRIMARY_METRIC = {"arrhythmia27": "challenge_score", "localization": "accuracy"}
+
+
+class SplitConfig(BaseModel):
+    """How records are split (patient-aware; see ``ecgmodel.data.splits``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Seed of the train/val/test split; fixed across ablation cells so they compare.")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patient groups without folds put in val.")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patient groups without folds put in test.")
+    train_folds: list[int] = Field([1, 2, 3, 4, 5, 6, 7, 8], description="PTB-XL strat_folds used for training.")
+    val_folds: list[int] = Field([9], description="PTB-XL strat_folds used for validation (thresholds, best epoch).")
+    test_folds: list[int] = Field([10], description="PTB-XL strat_folds held out for the test metrics.")
+
+
+class OptimConfig(BaseModel):
+    """Optimiser and schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1, description="Passes over the labelled training windows.")
+    batch_size: int = Field(32, ge=1, description="Windows per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the head (AdamW, cosine decay).")
+    encoder_lr_scale: float = Field(0.1, ge=0, description="Encoder lr = lr x this in full fine-tuning.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
+    max_pos_weight: float = Field(
+        20.0, ge=1, description="arrhythmia27: cap of the per-class BCE positive weight (n_negative / n_positive)."
+    )
+    class_weighted: bool = Field(True, description="Class-weighted loss (BCE pos_weight / balanced CE weights).")
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the linear head.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+
+
+class FinetuneConfig(BaseModel):
+    """One fine-tuning run on a store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["arrhythmia27", "localization"] = Field(
+        "arrhythmia27", description="arrhythmia27: 27 scored SNOMED codes (multi-label); localization: one site per record."
+    )
+    store: str = Field("", description="Path of the ecgssl store holding the labelled records.")
+    init: str = Field("random", description="'random' or a pretrained encoder reference (path, run id, runs:/, models:/).")
+    arch_from: str | None = Field(
+        None, description="Encoder reference whose ARCHITECTURE a random init copies (weights stay random)."
+    )
+    mode: Literal["full", "linear"] = Field("full", description="full fine-tune, or linear probe on a frozen encoder.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of the training records whose labels are used.")
+    seed: int = Field(0, description="Seed of the label subset, the head init and the batch order.")
+    fractions: list[float] = Field(
+        [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
+        description="The nested subset ladder that `fraction` is drawn from (subsets of one seed are nested).",
+    )
+    encoder: EncoderConfig = Field(
+        default_factory=lambda: EncoderConfig(d_model=64, n_layers=2, n_heads=4),
+        description="Architecture of a random-init encoder when arch_from is not given.",
+    )
+    localization_target: Literal["auto", "mi_location", "va_site", "va_side", "site"] = Field(
+        "auto", description="Localization labels: auto picks from the store's dx_systems (Zheng > site > PTB-XL MI)."
+    )
+    min_class_records: int = Field(
+        10, ge=1, description="Localization classes with fewer labelled records are merged into 'other'."
+    )
+    max_windows_per_record: int | None = Field(
+        None, ge=1, description="Use at most this many windows of a record (None: all). Eval averages them."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Patient-aware split settings.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser settings.")
+    tune_thresholds: bool = Field(True, description="arrhythmia27: tune per-class thresholds on val (coordinate ascent).")
+    threshold_grid: int = Field(41, ge=3, description="Candidate thresholds per class for the coordinate ascent.")
+    threshold_passes: int = Field(2, ge=1, description="Coordinate-ascent sweeps over the classes.")
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda[:i]'.")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default).")
+    log_model: bool = Field(False, description="Log the fine-tuned weights (state_dict + thresholds) to MLflow.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"fractions must lie in (0, 1], got {v}")
+        return sorted(set(float(f) for f in v))
+
+    @property
+    def experiment(self) -> str:
+        return EXPERIMENTS[self.task]
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.task]

@@ -1,0 +1,163 @@
+"""From a store to the labelled, split, in-memory data of one fine-tuning run.
+
+``prepare_task(cfg)`` reads the store's metadata, derives one label row per record (arrhythmia27: multi-hot of
+the 27 scored codes from SNOMED sources; localization: one class per record), splits records patient-aware and
+stratified, draws the nested label subset of ``cfg.fraction`` for ``cfg.seed``, and loads the signal rows of the
+used records ONCE with ``store.load_signal`` (whole-chunk reads) into memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ecgmodel.data import labels as L
+from ecgmodel.data.splits import assign_splits, nested_fractions
+from ecgmodel.downstream.config import FinetuneConfig
+
+
+@dataclass
+class WindowSet:
+    """Windows of a set of records, in memory. ``record_index`` maps each window to its record (0..n_records-1)."""
+
+    signal: np.ndarray  # int16 (W, 12, T)
+    lead_present: np.ndarray  # bool (W, 12)
+    valid_length: np.ndarray  # int64 (W,)
+    record_index: np.ndarray  # int64 (W,)
+    y: np.ndarray  # per RECORD: bool (n, C) multi-hot, or int64 (n,) class index
+    records: pd.DataFrame  # per record: source, record, patient_id, fold, split
+
+    @property
+    def n_records(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class TaskData:
+    task: str
+    classes: list[str]
+    definitions: pd.DataFrame  # label definition table (index, code, abbreviation, name, equivalence_group, source)
+    records: pd.DataFrame  # every labelled record with its split and (train only) membership in the subset
+    y: np.ndarray  # bool (n_records, C) for all labelled records (one-hot for localization)
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
+    subsets: dict[float, np.ndarray]  # nested subsets: fraction -> indices into the TRAIN records
+    target: str = "snomed-ct"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "arrhythmia27"
+
+
+def record_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """One row per (source, record) in store order, and the store rows (windows) of each record."""
+    meta = meta.reset_index(drop=True)
+    keys = meta["source"].astype(str) + "\x00" + meta["record"].astype(str)
+    codes, uniques = pd.factorize(keys, sort=False)
+    first = np.unique(codes, return_index=True)[1]
+    records = meta.loc[first, ["source", "record", "database", "dx", "patient_id", "fold"]].reset_index(drop=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    rows = [order[bounds[i] : bounds[i + 1]] for i in range(len(uniques))]
+    return records, rows
+
+
+def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, str], store_path: str):
+    """(keep mask, y bool (n, C), classes, definitions, target, info) for the task."""
+    if cfg.task == "arrhythmia27":
+        systems = records["source"].map(lambda s: dx_systems.get(s, ""))
+        keep = (systems == L.SNOMED_SYSTEM) & (records["dx"].astype(str).str.strip() != "")
+        if not keep.any():
+            raise ValueError(
+                f"{store_path}: no labelled SNOMED records for arrhythmia27 (rule: source dx_system "
+                f"'{L.SNOMED_SYSTEM}' and a non-empty dx); dx_systems are {dx_systems}"
+            )
+        classes = L.scored_codes()
+        y = L.encode_snomed(records.loc[keep, "dx"], classes)
+        return keep.to_numpy(), y, classes, L.label_definition_table(), L.SNOMED_SYSTEM, {}
+    target = L.localization_target_of(dx_systems, records["source"].unique(), cfg.localization_target)
+    names = pd.Series(
+        [
+            L.localization_label(dx, dx_systems.get(src, ""), target)
+            for dx, src in zip(records["dx"], records["source"], strict=True)
+        ],
+        index=records.index,
+    )
+    keep = names.notna()
+    if keep.sum() == 0:
+        raise ValueError(f"{store_path}: no record carries a '{target}' localization label")
+    merged, rule = L.merge_rare(names[keep], cfg.min_class_records)
+    classes = sorted(c for c in merged.unique() if c != "other") + (["other"] if (merged == "other").any() else [])
+    if len(classes) < 2:
+        raise ValueError(
+            f"{store_path}: localization target '{target}' has {len(classes)} class(es) after merging rare ones "
+            f"({rule}); need at least 2"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((int(keep.sum()), len(classes)), dtype=bool)
+    y[np.arange(len(y)), merged.map(index).to_numpy()] = True
+    definitions = L.localization_definition_table(classes, target, rule)
+    return keep.to_numpy(), y, classes, definitions, target, {"merge_rule": rule}
+
+
+def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
+    """Labels, splits, nested subset and in-memory windows for ``cfg`` (see module docstring)."""
+    from ecgmodel.data.store import open_store
+
+    store = store or open_store(cfg.store)
+    meta = store.meta()
+    dx_systems = dict(store.attrs.get("dx_systems", {}))
+    records, rows = record_table(meta)
+    keep, y, classes, definitions, target, info = _labels(cfg, records, dx_systems, str(cfg.store))
+    records = records[keep].reset_index(drop=True)
+    rows = [r for r, k in zip(rows, keep, strict=True) if k]
+    if cfg.max_windows_per_record:
+        rows = [r[: cfg.max_windows_per_record] for r in rows]
+
+    s = cfg.split
+    split = assign_splits(records, y, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction,
+                          train_folds=s.train_folds, val_folds=s.val_folds, test_folds=s.test_folds)  # fmt: skip
+    records["split"] = split.to_numpy()
+    for name in ("train", "val"):
+        if not (records["split"] == name).any():
+            raise ValueError(f"{cfg.store}: the {name} split is empty ({len(records)} labelled records)")
+
+    train_idx = np.flatnonzero(records["split"] == "train")
+    ladder = sorted(set(cfg.fractions) | {cfg.fraction})
+    subsets = nested_fractions(y[train_idx], ladder, seed=cfg.seed)
+    chosen = train_idx[subsets[cfg.fraction]]
+    records["labelled"] = False
+    records.loc[chosen, "labelled"] = True
+
+    val_idx = np.flatnonzero(records["split"] == "val")
+    test_idx = np.flatnonzero(records["split"] == "test")
+    needed = [chosen, val_idx, test_idx]
+    all_rows = np.concatenate([rows[i] for part in needed for i in part]) if len(records) else np.zeros(0, int)
+    signal = store.load_signal(np.sort(all_rows))  # one pass, whole chunks
+    position = {int(r): i for i, r in enumerate(np.sort(all_rows))}
+    lead_present = store.lead_present()
+    valid_length = meta["valid_length"].to_numpy().astype(np.int64)
+
+    def window_set(idx: np.ndarray) -> WindowSet:
+        win_rows = [rows[i] for i in idx]
+        flat = np.concatenate(win_rows) if win_rows else np.zeros(0, np.int64)
+        take = np.array([position[int(r)] for r in flat], dtype=np.int64)
+        rec_index = np.concatenate([np.full(len(r), j) for j, r in enumerate(win_rows)]) if win_rows else take
+        labels = y[idx] if cfg.task == "arrhythmia27" else y[idx].argmax(axis=1)
+        return WindowSet(signal[take], lead_present[flat], valid_length[flat], rec_index.astype(np.int64),
+                         labels, records.iloc[idx].reset_index(drop=True))  # fmt: skip
+
+    info.update(
+        n_records=len(records),
+        n_train_records=len(train_idx),
+        n_labelled=len(chosen),
+        n_val=len(val_idx),
+        n_test=len(test_idx),
+        store_hash=getattr(store, "hash", ""),
+    )
+    return TaskData(cfg.task, classes, definitions, records, y, window_set(chosen), window_set(val_idx),
+                    window_set(test_idx), subsets, target, info)  # fmt: skip

@@ -1,0 +1,1 @@
+"""Training: typed pretraining config and presets, the loop, full-state checkpoints, DDP helpers."""

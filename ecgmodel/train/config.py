@@ -1,0 +1,126 @@
+"""``PretrainConfig``: every key of a pretraining run, documented; presets ``smoke`` (CPU) and ``base`` (GPU)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ecgmodel.models.encoder import EncoderConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SSLConfig(_Strict):
+    """Pretext tasks."""
+
+    mode: Literal["joint", "mask", "shuffle"] = Field(
+        "joint", description="joint = masking + reconstruction AND lead shuffling + lead-number prediction; "
+        "mask or shuffle = one task only."
+    )
+    mask_ratio_min: float = Field(0.3, ge=0, le=1, description="Lowest masked fraction of a sample's patches.")
+    mask_ratio_max: float = Field(0.7, ge=0, le=1, description="Highest masked fraction (drawn per sample).")
+    mask_span: int = Field(5, ge=1, description="Length of one contiguous masked span, in patches.")
+    mask_fill: Literal["token", "zero"] = Field(
+        "token", description="token = learned mask token after embedding; zero = zero the masked input samples."
+    )
+    shuffle_prob: float = Field(0.8, ge=0, le=1, description="Probability that a sample's leads are permuted.")
+    shuffle_mode: Literal["all", "subset"] = Field(
+        "all", description="all = permute all 12 leads; subset = permute a random subset among themselves."
+    )
+    shuffle_subset_min: int = Field(2, ge=1, le=12, description="Smallest subset size (shuffle_mode=subset).")
+    shuffle_subset_max: int = Field(12, ge=1, le=12, description="Largest subset size (shuffle_mode=subset).")
+    lead_loss_weight: float = Field(1.0, ge=0, description="lambda in loss = reconstruction + lambda * lead CE.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SSLConfig:
+        if self.mask_ratio_min > self.mask_ratio_max:
+            raise ValueError("ssl.mask_ratio_min must be <= ssl.mask_ratio_max")
+        if self.shuffle_subset_min > self.shuffle_subset_max:
+            raise ValueError("ssl.shuffle_subset_min must be <= ssl.shuffle_subset_max")
+        return self
+
+
+class DataConfig(_Strict):
+    """Input pipeline."""
+
+    loader: Literal["memory", "stream"] = Field(
+        "memory", description="memory = whole store shard in RAM/GPU; stream = whole chunks through a shuffle buffer."
+    )
+    batch_size: int = Field(32, ge=1, description="GLOBAL batch size (split evenly across DDP ranks).")
+    device_resident: bool | None = Field(
+        None, description="Keep the in-memory signal on the GPU (None = when it fits in half the free memory)."
+    )
+    buffer_chunks: int = Field(4, ge=1, description="Chunks shuffled together by the streaming loader.")
+    prefetch: int = Field(4, ge=1, description="Batches read ahead by the streaming loader's thread.")
+    min_std_uv: float = Field(10.0, gt=0, description="Floor of the per-lead std in standardisation (uV).")
+
+
+class OptimConfig(_Strict):
+    """AdamW with linear warmup and cosine decay."""
+
+    max_steps: int = Field(300, ge=1, description="Optimizer steps in total (resumed runs continue to this).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (matrices only, not norms/biases/embeddings).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
+
+
+class RunConfig(_Strict):
+    """Execution, logging and checkpointing."""
+
+    seed: int = Field(0, description="Seed of model init, data order and pretext randomness.")
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None = torch default).")
+    log_every: int = Field(10, ge=1, description="Steps between metric logs.")
+    ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints (one at the end too).")
+    mlflow: bool = Field(True, description="Log params/metrics/artifacts to MLflow.")
+    experiment: str = Field("ecgssl-pretrain", description="MLflow experiment.")
+    register_model: bool = Field(True, description="Register the encoder as MLflow model `registered_model`.")
+    registered_model: str = Field("ecgssl-encoder", description="Name of the registered encoder model.")
+    progress: bool = Field(True, description="Show a tqdm progress bar.")
+
+
+class PretrainConfig(_Strict):
+    """A pretraining run. ``config_hash(cfg)`` identifies it; flattened keys are the MLflow params."""
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder architecture.")
+    ssl: SSLConfig = Field(default_factory=SSLConfig, description="Pretext tasks.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Input pipeline.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimisation.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Execution and logging.")
+
+
+PRESETS: dict[str, dict] = {
+    # CPU-sized: ~0.9M params, 5 s crops, 600 tokens; a few hundred steps in minutes on 2 cores
+    "smoke": {
+        "encoder": {"input_samples": 2500, "patch_size": 50, "d_model": 128, "n_layers": 4, "n_heads": 4},
+        "data": {"batch_size": 32},
+        "optim": {"max_steps": 300, "lr": 1e-3, "warmup_steps": 20},
+        "run": {"log_every": 10, "ckpt_every": 100},
+    },
+    # GPU-sized: ~38M params, 5 s crops, 1200 tokens (patch 25), bf16
+    "base": {
+        "encoder": {"input_samples": 2500, "patch_size": 25, "d_model": 512, "n_layers": 12, "n_heads": 8,
+                    "dropout": 0.0},
+        "data": {"batch_size": 256},
+        "optim": {"max_steps": 50_000, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 2000},
+        "run": {"log_every": 50, "ckpt_every": 1000},
+    },
+}
+
+
+def preset(name: str) -> PretrainConfig:
+    """The named preset (``smoke`` or ``base``)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PretrainConfig.model_validate(PRESETS[name])

@@ -1,0 +1,148 @@
+"""Ingest flow: download (verified) -> convert (Dask processes) -> Zarr store; and ``ecgssl inspect``.
+
+    ecgssl ingest --source ptb-xl --source ludb --mirror ../shared/physionet --store data/store.zarr
+    ecgssl inspect data/store.zarr [--json]
+
+Re-running with the same sources changes nothing (committed records are skipped, the content hash stays);
+adding a source appends it. Invalid records are quarantined with their reason and the run carries on. The
+command exits non-zero only when a source cannot be listed or nothing could be ingested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from ecgmodel.data.ingest_config import IngestConfig
+from ecgmodel.data.sources import DEFAULT_MIRROR
+from ecgmodel.data.store import StoreError, open_store
+from tasks.convert import convert_to_store
+from tasks.fetch import fetch_source
+
+
+@flow(name="ingest")
+def ingest_flow(
+    sources: list[str] = ["ptb-xl"],  # noqa: B006 - Prefect parameters are JSON; the list is never mutated
+    mirror: str = DEFAULT_MIRROR,
+    store: str = "data/store.zarr",
+    raw_dir: str = "data/raw",
+    fs: int = 500,
+    window_s: float = 10.0,
+    workers: int = 2,
+    max_windows_per_record: int | None = 6,
+    dask_address: str | None = None,
+) -> dict:
+    """Download ``sources`` from ``mirror`` into ``raw_dir``, convert them into the store at ``store``.
+
+    Returns the store summary (``ecgssl inspect --json``) plus ``store_hash``, this run's per-source counts
+    (``run``) and ``failed_sources`` (sources that could not be listed or downloaded: {slug: reason}).
+    """
+    logger = get_run_logger()
+    cfg = IngestConfig(
+        sources=sources, mirror=mirror, store=store, raw_dir=raw_dir, fs=fs, window_s=window_s, workers=workers,
+        max_windows_per_record=max_windows_per_record, dask_address=dask_address,
+    )  # fmt: skip
+    fetched, failed = [], {}
+    for slug in cfg.sources:
+        state = fetch_source(slug, cfg.mirror, cfg.raw_dir, cfg.download_workers, groups=cfg.groups(slug),
+                             progress=cfg.progress, return_state=True)  # fmt: skip
+        if state.is_completed():
+            fetched.append(state.result())
+        else:
+            failed[slug] = str(state.result(raise_on_failure=False))
+            logger.error("source %s could not be fetched: %s", slug, failed[slug])
+    summary = convert_to_store(cfg.model_dump(), fetched) if fetched else _empty_summary(cfg)
+    summary["failed_sources"] = failed
+    return summary
+
+
+def _empty_summary(cfg: IngestConfig) -> dict[str, Any]:
+    try:
+        summary = open_store(cfg.store).summary()
+    except StoreError:
+        summary = {"path": cfg.store, "windows": 0, "records": 0, "sources": {}, "quarantined": [], "hash": None}
+    summary.update(run={}, store_hash=summary["hash"])
+    return summary
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0, unless a source could not be listed/fetched or the store holds nothing."""
+    return 1 if summary.get("failed_sources") or not summary.get("windows") else 0
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def format_summary(s: dict[str, Any]) -> str:
+    """A readable table of a store summary."""
+    lines = [
+        f"store   {s['path']}",
+        f"schema  v{s.get('schema_version')}   fs {s.get('fs')} Hz   window {s.get('window_samples')} samples"
+        f"   chunk {s.get('chunk_windows')} windows   hash {s.get('hash')}",
+        f"total   {s['windows']} windows from {s['records']} records",
+        "",
+        f"{'source':<18}{'version':<10}{'records':>9}",
+    ]
+    for slug, n in sorted(s["sources"].items()):
+        lines.append(f"{slug:<18}{str(s.get('source_versions', {}).get(slug, '')):<10}{n:>9}")
+    if s.get("databases"):
+        lines += ["", f"{'database':<18}{'records':>9}{'windows':>10}"]
+        for db, c in sorted(s["databases"].items()):
+            lines.append(f"{db:<18}{c['records']:>9}{c['windows']:>10}")
+    lines += ["", f"quarantined: {len(s['quarantined'])}"]
+    lines += [f"  {q['source']}/{q['record']}: {q['reason']}" for q in s["quarantined"]]
+    for slug, reason in s.get("failed_sources", {}).items():
+        lines.append(f"FAILED source {slug}: {reason}")
+    return "\n".join(lines)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    summary = ingest_flow(
+        sources=args.sources or ["ptb-xl"], mirror=args.mirror, store=args.store, raw_dir=args.raw_dir,
+        fs=args.fs, window_s=args.window_s, workers=args.workers,
+        max_windows_per_record=args.max_windows or None, dask_address=args.dask_address,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=1, default=str) if args.json else format_summary(summary))
+    return exit_code(summary)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        summary = open_store(args.store).summary()
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="download sources and convert them into the Zarr store",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--source", dest="sources", action="append", metavar="SLUG",
+                   help="catalog slug (repeatable): challenge-2020, challenge-2021, ptb-xl, ludb (default ptb-xl)")
+    p.add_argument("--mirror", default=DEFAULT_MIRROR, metavar="URL_OR_DIR",
+                   help=f"PhysioNet-style base URL or folder (default {DEFAULT_MIRROR})")
+    p.add_argument("--store", required=True, metavar="PATH", help="Zarr store to create or extend")
+    p.add_argument("--raw-dir", default="data/raw", metavar="DIR", help="verified raw files (default data/raw)")
+    p.add_argument("--fs", type=int, default=500, help="sampling rate of the store, Hz (default 500)")
+    p.add_argument("--window-s", type=float, default=10.0, help="window length, s (default 10)")
+    p.add_argument("--max-windows", type=int, default=6, metavar="N",
+                   help="windows per record at most (default 6; 0: all)")
+    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2; 0: no Dask)")
+    p.add_argument("--dask-address", default=None, metavar="ADDR", help="use a running Dask scheduler")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_ingest)  # fmt: skip
+
+    q = sub.add_parser("inspect", help="summarise a store: windows, records per source/database, quarantine")
+    q.add_argument("store", metavar="STORE", help="path of the store")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=_cmd_inspect)
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -1,0 +1,55 @@
+"""Prefect task: convert fetched sources into the Zarr store (Dask processes do the work).
+
+All the work is in :func:`ecgmodel.data.convert.convert_sources`; this task adds orchestration only (logging,
+retry policy). In: the ingest config and the fetch results (paths and small dicts). Out: the store summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
+
+from ecgmodel.data.convert import convert_sources
+from ecgmodel.data.ingest_config import IngestConfig
+from ecgmodel.data.store import StoreError
+
+# Another attempt cannot fix these: a locked or incompatible store, a bad config.
+_PERMANENT = (StoreError, ValueError, TypeError)
+
+
+def _retry_unless_permanent(task, task_run, state) -> bool:
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return True
+    return not isinstance(exc, _PERMANENT)
+
+
+@task(
+    name="convert-sources",
+    # A retry resumes: committed records are skipped (e.g. after a worker process died).
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_permanent,
+    # No result cache: the store's commit manifest makes a repeated run a cheap no-op.
+    cache_policy=NONE,
+)
+def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> dict[str, Any]:
+    """Convert the records of ``fetched`` (fetch-task results) into ``config["store"]``; returns the summary."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # convert_to_store.fn(...) outside a run
+        logger = logging.getLogger(__name__)
+    cfg = IngestConfig.model_validate(config)
+    summary = convert_sources(cfg, fetched)
+    for slug, stats in summary["run"].items():
+        logger.info("%s: %s", slug, stats)
+    for q in summary["quarantined"][:20]:
+        logger.warning("quarantined %s/%s: %s", q["source"], q["record"], q["reason"])
+    logger.info("store %s: %d windows, %d records, hash %s", summary["path"], summary["windows"],
+                summary["records"], summary["store_hash"])  # fmt: skip
+    return summary

@@ -1,0 +1,75 @@
+"""Ablation summary maths on synthetic per-cell tables: mean/CI over seeds, labels_to_match, gains."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ecgmodel.downstream.ablation import best_cell, gains, labels_to_match, summarize
+
+FRACTIONS = [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def cells(ssl_means: dict[float, float], random_means: dict[float, float], spread=(-0.01, 0.0, 0.01), mode="full"):
+    rows = []
+    for init, means in (("ssl", ssl_means), ("random", random_means)):
+        for f, m in means.items():
+            for seed, d in enumerate(spread):
+                rows.append({"mode": mode, "init": init, "fraction": f, "seed": seed, "score": m + d})
+    return pd.DataFrame(rows)
+
+
+def test_mean_std_and_t_interval_over_seeds():
+    df = cells({1.0: 0.5}, {1.0: 0.4}, spread=(0.0, 0.1, 0.2))
+    s = summarize(df, "score")
+    row = s[(s.init == "ssl")].iloc[0]
+    assert row["n"] == 3
+    assert row["mean"] == pytest.approx(0.6)
+    assert row["std"] == pytest.approx(0.1)
+    half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # 4.303 * 0.0577 = 0.2484
+    assert half == pytest.approx(0.2484, abs=1e-3)
+    assert row["ci_low"] == pytest.approx(0.6 - half)
+    assert row["ci_high"] == pytest.approx(0.6 + half)
+
+
+def test_single_seed_has_no_interval():
+    s = summarize(cells({1.0: 0.5}, {1.0: 0.4}, spread=(0.0,)), "score")
+    assert s["n"].eq(1).all() and s["ci_low"].isna().all() and s["std"].isna().all()
+
+
+def test_labels_to_match_and_gains():
+    random = {f: 0.2 + 0.4 * f for f in FRACTIONS}  # random reaches 0.6 at 100%
+    ssl = {f: 0.45 + 0.3 * f for f in FRACTIONS}  # 0.465, 0.48, 0.51, 0.57, 0.63, ...
+    s = summarize(cells(ssl, random), "score")
+    assert labels_to_match(s, "full") == 0.6  # first fraction with SSL mean >= 0.6
+    g = gains(s, "full")
+    assert list(g) == FRACTIONS
+    for f in FRACTIONS:
+        assert g[f] == pytest.approx(ssl[f] - random[f])
+    assert best_cell(s) == {"mode": "full", "init": "ssl", "fraction": 1.0, "mean": pytest.approx(0.75)}
+
+
+def test_labels_to_match_is_nan_when_never_reached_or_no_reference():
+    random = {f: 0.5 for f in FRACTIONS}
+    ssl = {f: 0.49 for f in FRACTIONS}
+    assert math.isnan(labels_to_match(summarize(cells(ssl, random), "score"), "full"))
+    no_full = summarize(cells({0.5: 0.9}, {0.5: 0.1}), "score")
+    assert math.isnan(labels_to_match(no_full, "full"))
+    # equality counts as matching; modes are kept apart
+    both = pd.concat([cells({0.1: 0.5, 1.0: 0.5}, {1.0: 0.5}), cells({0.1: 0.0, 1.0: 0.0}, {1.0: 0.5}, mode="linear")])
+    s = summarize(both, "score")
+    assert labels_to_match(s, "full") == 0.1
+    assert math.isnan(labels_to_match(s, "linear"))
+
+
+def test_missing_values_and_columns():
+    df = cells({1.0: 0.5}, {1.0: 0.4})
+    df.loc[0, "score"] = np.nan  # a failed cell does not poison the mean
+    s = summarize(df, "score")
+    assert s[(s.init == "ssl")]["n"].iloc[0] == 2
+    with pytest.raises(KeyError, match="score"):
+        summarize(df.drop(columns="score"), "score")

@@ -1,0 +1,137 @@
+"""prefect.yaml and infra/: every deployment loads, its parameters validate, pools and compose files are sane."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT_YAML = REPO / "prefect.yaml"
+POOLS = REPO / "infra" / "work-pools"
+COMPOSE = REPO / "infra" / "compose"
+
+
+@pytest.fixture(scope="module")
+def project() -> dict:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def deployments(project) -> dict[str, dict]:
+    return {d["name"]: d for d in project["deployments"]}
+
+
+def test_prefect_yaml_schema(project):
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(project)
+    assert {d.name for d in model.deployments} == {"pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"}
+    # Workers start flows in the checkout named by ECGSSL_HOME (resolved on the worker, at run time).
+    assert project["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $ECGSSL_HOME }}"}}
+    ]
+
+
+def test_pools_and_schedules(deployments):
+    from prefect.client.schemas.schedules import CronSchedule
+
+    pools = {name: d["work_pool"]["name"] for name, d in deployments.items()}
+    assert pools == {"pipeline": "gpu", "ingest": "cpu", "pretrain": "gpu", "pretrain-ddp": "gpu", "ablation": "cpu"}
+    crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in deployments.items()}
+    assert crons["ablation"] == [] and crons["pretrain"] == []  # on demand
+    weekly, daily = crons["pipeline"][0], crons["ingest"][0]
+    CronSchedule(cron=weekly, timezone="UTC")
+    CronSchedule(cron=daily, timezone="UTC")
+    assert weekly.split()[4] != "*" and daily.split()[2:] == ["*", "*", "*"]
+
+
+@pytest.mark.parametrize("name", ["pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"])
+def test_entrypoint_loads_and_parameters_validate(deployments, name):
+    """What a worker does: import the file-path entrypoint from the repo root and validate the parameters."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    dep = deployments[name]
+    path, func = dep["entrypoint"].split(":")
+    assert not Path(path).is_absolute() and (REPO / path).is_file(), dep["entrypoint"]
+    flow = load_flow_from_entrypoint(str(REPO / path) + ":" + func)
+    # `prefect deployment run '<flow>/<deployment>'` needs the flow name the docs use
+    assert flow.name == name
+    params = dep.get("parameters") or {}
+    schema = parameter_schema(flow).model_dump()
+    assert set(params) <= set(schema["properties"]), f"{name}: unknown parameters {set(params) - set(schema['properties'])}"
+    flow.validate_parameters(params)  # raises ParameterTypeError on a bad value
+
+
+def test_bad_parameters_are_rejected(deployments):
+    from prefect.exceptions import ParameterTypeError
+    from prefect.flows import load_flow_from_entrypoint
+
+    flow = load_flow_from_entrypoint(str(REPO / "flows/pipeline.py") + ":pipeline_flow")
+    with pytest.raises(ParameterTypeError):
+        flow.validate_parameters({"config": {"ablation": {"fractions": [0.0, 2.0]}}})
+    with pytest.raises(ParameterTypeError):
+        flow.validate_parameters({"config": {"ingest": {"no_such_key": 1}}})
+
+
+@pytest.mark.parametrize("template", ["process-cpu.json", "process-gpu.json"])
+def test_process_pool_templates_match_the_worker(template):
+    import jsonschema
+    from prefect.workers.process import ProcessWorker
+
+    ours = json.loads((POOLS / template).read_text())
+    default = ProcessWorker.get_default_base_job_template()
+    assert ours["job_configuration"] == default["job_configuration"]
+    assert set(ours["variables"]["properties"]) == set(default["variables"]["properties"])
+    defaults = {k: v["default"] for k, v in ours["variables"]["properties"].items() if "default" in v}
+    jsonschema.validate(defaults, ours["variables"])
+
+
+def test_docker_gpu_template_requests_gpus():
+    import jsonschema
+
+    tpl = json.loads((POOLS / "docker-gpu.json").read_text())
+    props = tpl["variables"]["properties"]
+    for key, value in tpl["job_configuration"].items():
+        assert value == "{{ " + key + " }}" and key in props
+    defaults = {k: v["default"] for k, v in props.items() if "default" in v}
+    jsonschema.validate(defaults, tpl["variables"])
+    request = defaults["container_create_kwargs"]["device_requests"][0]
+    assert request["count"] == -1 and request["capabilities"] == [["gpu"]]
+
+
+def _compose_services():
+    for path in sorted(COMPOSE.glob("*.yml")):
+        for name, svc in (yaml.safe_load(path.read_text()).get("services") or {}).items():
+            yield path.name, name, svc
+
+
+def test_compose_binds_to_localhost_by_default():
+    ports = [(f, n, p) for f, n, svc in _compose_services() for p in svc.get("ports", [])]
+    assert ports, "no published ports found"
+    for file, name, port in ports:
+        assert str(port).startswith("${ECGSSL_BIND:-127.0.0.1}:"), f"{file}:{name} publishes {port}"
+
+
+def test_compose_credentials_come_from_the_environment():
+    secret = re.compile(r"(PASSWORD|SECRET|ACCESS_KEY)", re.I)
+    for file, name, svc in _compose_services():
+        for key, value in (svc.get("environment") or {}).items():
+            if secret.search(key):
+                assert str(value).startswith("${"), f"{file}:{name}: {key} is hard-coded"
+    example = (REPO / "infra" / ".env.example").read_text()
+    for line in example.splitlines():
+        if "=" in line and secret.search(line.split("=")[0]):
+            assert line.split("=", 1)[1].startswith("change-me"), f".env.example holds a real-looking value: {line}"
+
+
+def test_torchrun_launcher_targets_the_training_entry_point():
+    script = (REPO / "infra" / "torchrun" / "pretrain.sh").read_text()
+    assert "-m ecgmodel.train.pretrain" in script and "torch.distributed.run" in script
+    import importlib.util
+
+    assert importlib.util.find_spec("ecgmodel.train.pretrain") is not None

@@ -68,7 +68,8 @@ def _resumable_parent(experiment: str, ablation_hash: str) -> str | None:
 
     exp_id = setup_mlflow(experiment)
     runs = MlflowClient().search_runs(
-        [exp_id], filter_string=f"tags.`ecgssl.ablation_hash` = '{ablation_hash}'",
+        [exp_id],
+        filter_string=f"tags.`ecgssl.ablation_hash` = '{ablation_hash}' and tags.`ecgssl.role` = 'ablation-parent'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )  # fmt: skip
     if runs and runs[0].info.status != "FINISHED":
@@ -131,7 +132,7 @@ def ablation_flow(
 
         tags = run_tags(config_hash=config_hash(base), store_hash=store_hash, store_path=store,
                         flow_run_id=flow_run.get_id(),
-                        extra={"ecgssl.ablation_hash": ablation_hash, "ecgssl.task": task,
+                        extra={"ecgssl.ablation_hash": ablation_hash, "ecgssl.role": "ablation-parent", "ecgssl.task": task,
                                "ecgssl.ablation_metric": metric})  # fmt: skip
         parent = start_run(experiment, f"ablation-{task}", tags)
         from mlflow.entities import Param

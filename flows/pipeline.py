@@ -67,7 +67,9 @@ class IngestSection(BaseModel):
     raw_dir: str = Field("data/raw", description="Where downloaded, checksum-verified files are kept.")
     fs: int = Field(500, gt=0, description="Sampling rate of the store, Hz; every record is resampled to it.")
     window_s: float = Field(10.0, gt=0, description="Window length in seconds (5000 samples at 500 Hz).")
-    workers: int = Field(2, ge=1, description="Local Dask worker processes (ignored with dask_address).")
+    workers: int = Field(
+        2, ge=0, description="Local Dask worker processes (0: convert in-process; ignored with dask_address)."
+    )
     max_windows_per_record: int | None = Field(
         6, ge=1, description="Cap on windows cut from one long record (None: every window)."
     )
@@ -259,6 +261,8 @@ def render_summary(
         f"- MLflow tracking URI `{uri}`",
         "",
     ]
+    if ingested.get("failed_sources"):
+        lines += [f"> Sources that could not be fetched: {_fmt(ingested['failed_sources'])}", ""]
     if n_windows is not None and n_windows < 2000:
         lines += [
             f"> These numbers come from only {n_windows} windows: they are noisy and show that the pipeline",

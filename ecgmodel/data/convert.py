@@ -116,9 +116,18 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:  # fmt: skip
-        yield client
+    # the scheduler and nannies live in this process: keep their INFO chatter out of the run's log
+    quiet = [logging.getLogger(name) for name in ("distributed", "distributed.scheduler", "distributed.nanny")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.WARNING) as cluster, Client(cluster) as client:  # fmt: skip
+            yield client
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _results(client: Any, fn, jobs: list[tuple], max_in_flight: int) -> Iterator[BatchResult]:

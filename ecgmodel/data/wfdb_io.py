@@ -5,8 +5,9 @@ Quirks handled (see ``../shared/README.md``), none of which modifies a source fi
 * Georgia 2020 / Challenge-2021 headers name the record ``E00009.mat`` on their first line (``wfdb.rdheader``
   raises ``HeaderSyntaxError``): the name is corrected in memory before parsing.
 * ``#Dx:`` and ``# Dx:``; empty Dx (unlabelled); repeated codes (deduplicated, order kept).
-* Units ``mV``/``mv``/``uV``; gains 1000/mV, 4880/mV, 2000000/mV; LUDB's per-lead gains with a non-zero
-  baseline: physical = (digital - baseline) / gain, scaled to mV.
+* Units ``mV``/``mv``/``uV``; gains 1000/mV, 4880/mV; LUDB's per-lead gains with a non-zero baseline:
+  physical = (digital - baseline) / gain, scaled to mV. Challenge-2020 PTB's 2000000/mV is a per-volt gain
+  under a mV label (2000/mV, PTB's own gain): see ``GAIN_PER_VOLT_THRESHOLD``.
 * Lead names in any case (matched later by :func:`ecgmodel.data.signal.canonicalize_leads`).
 * PTB-XL labels/patient/fold from ``ptbxl_database.csv``; LUDB diagnoses from ``ludb.csv``.
 
@@ -31,6 +32,10 @@ from wfdb.io.header import HeaderSyntaxError, parse_header_content, rx_record, r
 # mV per unit of each accepted physical unit (case-insensitive; 'mv' occurs in Challenge-2021 headers)
 UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nv": 1e-6}
 WFDB_INVALID_16 = -32768  # the "no sample" value of WFDB format 16
+# Challenge-2020 PTB headers declare 2000000/mV: taken literally their ECGs peak at ~1 uV. The PTB Diagnostic
+# database records 2000 adu/mV, so the gain was written per VOLT under a 'mV' label. No real ECG front end
+# resolves 1e-5 uV, so a gain at or above this many adu per mV is read as adu per V.
+GAIN_PER_VOLT_THRESHOLD = 100_000
 SNOMED_CODE = re.compile(r"^\d+$")
 
 
@@ -154,7 +159,10 @@ def _physical(digital: np.ndarray, header: Header, label: str) -> np.ndarray:
         factor = UNIT_TO_MV.get(unit.lower())
         if factor is None:
             raise RecordError(f"{label}: lead {header.sig_name[i]!r} has unknown units {unit!r} (expected mV or uV)")
-        scale.append(factor / header.adc_gain[i])
+        gain = header.adc_gain[i]
+        if factor == 1.0 and gain >= GAIN_PER_VOLT_THRESHOLD:
+            gain /= 1000.0  # gain written per V under a mV label (Challenge-2020 PTB), see above
+        scale.append(factor / gain)
     base = np.asarray(header.baseline, np.float32)[:, None]
     d = digital.T
     out = (d.astype(np.float32) - base) * np.asarray(scale, np.float32)[:, None]
@@ -197,7 +205,7 @@ def read_signal(header: Header, directory: str | os.PathLike, label: str | None 
         if len(raw) < 20:
             raise RecordError(f"{label}: {path.name} is too short for a MATLAB v4 header (truncated signal)")
         mtype, mrows, ncols, _imagf, namelen = struct.unpack("<5i", raw[:20])
-        if mtype not in (30, 20):  # int16 / int32 -> only int16 matches WFDB format 16
+        if mtype != 30:  # MATLAB v4 type code 30: int16 little-endian numeric matrix (WFDB format 16)
             raise RecordError(f"{label}: {path.name} MATLAB matrix type {mtype} is not int16 (format 16)")
         if mrows != n:
             raise RecordError(f"{label}: header declares {n} leads, {path.name} holds {mrows} (header/signal mismatch)")

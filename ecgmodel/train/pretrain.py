@@ -44,6 +44,7 @@ from ecgmodel.train.config import PretrainConfig, preset
 
 CKPT_FILE = "ckpt_last.pt"
 METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"  # written when a run has finished and logged everything
 
 
 class WarmupCosine:
@@ -229,6 +230,13 @@ def train(
         kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step] \
             if metrics_path.exists() and step > 0 else []
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    result_path = out / RESULT_FILE
+    if step >= cfg.optim.max_steps and result_path.exists():  # already finished: report, don't redo
+        loader.close()
+        distributed.cleanup()
+        return {**json.loads(result_path.read_text()), "history": []}
+    if info.is_main:
+        result_path.unlink(missing_ok=True)
     model = torch.compile(raw) if cfg.run.compile else raw
     if info.enabled:
         unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
@@ -328,6 +336,8 @@ def train(
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
             result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))
+    if finished and info.is_main:
+        result_path.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     if mlflow_run is not None:
         import mlflow
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from ecgmodel.config import apply_overrides
 from ecgmodel.models import EncoderConfig, build_encoder
 from ecgmodel.train.checkpoint import load_checkpoint, load_encoder, save_encoder
-from ecgmodel.config import apply_overrides
 from ecgmodel.train.config import preset
 from ecgmodel.train.pretrain import train
 from ecgmodel.train.synthetic import make_synthetic_store

@@ -1,0 +1,212 @@
+"""Fine-tuning and the label-efficiency ablation end to end, with MLflow parent/child runs.
+
+* fast: one fine-tuning run on a small generated SNOMED store (arrhythmia27), logged to MLflow through the task;
+* slow: a real ablation (localization = PTB-XL MI location stand-in) on a store built from the shared mirror.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ecgmodel.data.labels import scored_codes
+from ecgmodel.data.store import StoreWriter, WindowBatch
+from ecgmodel.downstream.ablation import gains, labels_to_match, summarize
+from ecgmodel.downstream.config import FinetuneConfig
+from ecgmodel.models.encoder import EncoderConfig, build_encoder
+from ecgmodel.train.checkpoint import save_encoder
+
+TINY = EncoderConfig(d_model=16, n_layers=1, n_heads=2, input_samples=1000, patch_size=50)
+
+
+def synthetic_snomed_store(path, n_records: int = 90, seed: int = 0) -> str:
+    """Records whose first scored code sets the frequency of a sine in every lead (learnable, multi-label)."""
+    rng = np.random.default_rng(seed)
+    codes = scored_codes()[:6]
+    t = np.arange(2000) / 500
+    batches = []
+    for i in range(n_records):
+        dx = list(rng.choice(codes, rng.integers(1, 3), replace=False))
+        f = 1 + scored_codes().index(dx[0]) % 5
+        k = int(rng.integers(1, 3))
+        sig = rng.normal(0, 30, (k, 12, 2000)) + 400 * np.sin(2 * np.pi * f * t)
+        batches.append(WindowBatch.for_record(
+            sig.astype(np.int16), np.ones(12, bool), np.arange(k) * 2000, np.full(k, 2000), np.zeros(k, np.uint8),
+            record=f"S{i:03d}", source="challenge-2020", database="georgia", dx=dx,
+            patient_id=f"P{i // 2}"))  # two records per patient
+    with StoreWriter(path, fs=500, window_samples=2000, chunk_windows=16) as w:
+        w.append(WindowBatch.concat(batches))
+        w.commit(sources={"challenge-2020": {"version": "test"}}, dx_systems={"challenge-2020": "snomed-ct"})
+    return str(path)
+
+
+def ptbxl_mi_store(shared, path) -> str:
+    """PTB-XL records (500 Hz) of the shared mirror with exactly one MI location, as an ecgssl store."""
+    import wfdb
+
+    from ecgmodel.data.labels import mi_location
+    from ecgmodel.data.signal import harmonise
+
+    root = shared / "physionet" / "ptb-xl" / "1.0.3"
+    db = pd.read_csv(root / "ptbxl_database.csv")
+    batches = []
+    for row in db.itertuples():
+        keys = ",".join(ast.literal_eval(row.scp_codes))
+        if mi_location(keys) is None:
+            continue
+        rec = wfdb.rdrecord(str(root / row.filename_hr))
+        h = harmonise(rec.p_signal.T, rec.sig_name, rec.fs, 500, 10.0)
+        batches.append(WindowBatch.for_record(
+            h.signal, h.lead_present, h.window_start, h.valid_length, h.qc, record=f"{row.ecg_id:05d}_hr",
+            source="ptb-xl", database="ptb-xl", dx=keys, patient_id=str(int(row.patient_id)),
+            fold=int(row.strat_fold)))
+    with StoreWriter(path, fs=500, window_samples=5000) as w:
+        w.append(WindowBatch.concat(batches))
+        w.commit(sources={"ptb-xl": {"version": "1.0.3"}}, dx_systems={"ptb-xl": "ptbxl-scp"})
+    return str(path)
+
+
+@pytest.fixture
+def encoder_file(tmp_path):
+    torch.manual_seed(0)
+    return str(save_encoder(tmp_path / "encoder.pt", build_encoder(TINY), TINY))
+
+
+@pytest.mark.slow  # the first MLflow access of a process creates its SQLite schema (~10 s)
+def test_finetune_task_logs_a_complete_run(tmp_path, encoder_file):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.finetune import finetune_task
+
+    store = synthetic_snomed_store(tmp_path / "store")
+    cfg = FinetuneConfig(store=store, init=encoder_file, mode="linear", fraction=0.5, seed=1, threshold_grid=11,
+                         optim={"epochs": 2, "batch_size": 16})
+    res = finetune_task.fn(cfg.model_dump(mode="json"), str(tmp_path / "cell"), None, "probe")
+    run = MlflowClient().get_run(res["run_id"])
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["init"], p["mode"], p["fraction"], p["seed"]) == ("ssl", "linear", "0.5", "1")
+    assert int(p["n_labelled"]) == res["n_labelled"] > 0
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "val_challenge_score")) == 2
+    for key in ("best_val_challenge_score", "test_challenge_score", "test_macro_auroc", "best_epoch"):
+        assert key in run.data.metrics
+    arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"label_definitions.csv", "thresholds.csv", "splits.csv", "label_subsets.csv"} <= arts
+    assert "model.pt" not in arts  # weights only with log_model=True
+    # the linear probe left the encoder untouched; thresholds stored with the model
+    saved = torch.load(tmp_path / "cell" / "model.pt", weights_only=True)
+    original = torch.load(encoder_file, weights_only=True)["state_dict"]
+    for k, v in original.items():
+        assert torch.equal(saved["state_dict"][f"encoder.{k}"], v)
+    assert len(saved["thresholds"]) == 27 and saved["classes"] == scored_codes()
+    splits = pd.read_csv(tmp_path / "cell" / "splits.csv", dtype=str)
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def test_full_finetune_changes_the_encoder_and_subsets_are_shared(tmp_path, encoder_file):
+    from ecgmodel.downstream.finetune import finetune
+
+    store = synthetic_snomed_store(tmp_path / "store", n_records=50)
+    base = FinetuneConfig(store=store, init=encoder_file, threshold_grid=11, optim={"epochs": 1, "batch_size": 32})
+    small = finetune(base.model_copy(update={"fraction": 0.4}), tmp_path / "a", progress=False)
+    finetune(base.model_copy(update={"init": "random", "arch_from": encoder_file}), tmp_path / "b", progress=False)
+    saved = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    original = torch.load(encoder_file, weights_only=True)["state_dict"]
+    assert any(not torch.equal(saved[f"encoder.{k}"], v) for k, v in original.items())
+    sa = pd.read_csv(tmp_path / "a" / "label_subsets.csv")
+    sb = pd.read_csv(tmp_path / "b" / "label_subsets.csv")
+    assert sa.equals(sb)  # same seed -> same subsets whatever the init/fraction of the cell
+    assert sa["fraction_0.4"].sum() == small["n_labelled"]
+    assert (sa["fraction_0.2"] <= sa["fraction_0.4"]).all()
+
+
+def test_cli_registers_finetune_and_ablate():
+    from flows import ablation, finetune
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    finetune.register_cli(sub)
+    ablation.register_cli(sub)
+    a = parser.parse_args(["finetune", "--task", "localization", "--store", "s", "--init", "runs:/x/encoder",
+                           "--fraction", "0.2", "--seed", "3", "--mode", "linear", "--set", "optim.epochs=2"])
+    assert (a.task, a.init, a.fraction, a.seed, a.mode, a.set) == ("localization", "runs:/x/encoder", 0.2, 3,
+                                                                    "linear", ["optim.epochs=2"])
+    b = parser.parse_args(["ablate", "--store", "s", "--encoder", "e.pt", "--fractions", "0.1", "1", "--seeds", "2"])
+    assert b.fractions == [0.1, 1.0] and b.seeds == 2 and callable(b.func)
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file):
+    from mlflow.tracking import MlflowClient
+
+    from flows.ablation import ablation_flow
+
+    store = ptbxl_mi_store(shared, tmp_path / "ptbxl")
+    kwargs = dict(task="localization", store=store, encoder=encoder_file, fractions=[0.25, 0.5, 1.0], seeds=2,
+                  modes=["full"], inits=["random", "ssl"], max_concurrent=2, out_dir=str(tmp_path / "abl"),
+                  overrides={"optim.epochs": 3, "optim.batch_size": 16, "optim.lr": 3e-3})
+    res = ablation_flow(**kwargs)
+    client = MlflowClient()
+    parent = client.get_run(res["parent_run_id"])
+    assert res["experiment"] == "ecgssl-localization" and res["n_failed"] == 0
+    assert client.get_experiment(parent.info.experiment_id).name == "ecgssl-localization"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["ablation_metric"] == "test_accuracy"
+    assert parent.data.tags["ecgssl.ablation_metric"] == "test_accuracy"
+    assert {"summary.csv", "cells.csv", "label_efficiency.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 12
+    rows = []
+    for run in children:
+        p, m = run.data.params, run.data.metrics
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3  # one per epoch
+        assert "best_val_accuracy" in m and "test_accuracy" in m
+        rows.append({"init": p["init"], "mode": p["mode"], "fraction": float(p["fraction"]), "seed": int(p["seed"]),
+                     "n_labelled": int(p["n_labelled"]), "test_accuracy": m["test_accuracy"]})
+    cells = pd.DataFrame(rows)
+    # 42 training records (PTB-XL folds 1-8 of the MI records): nested subsets of round(f * 42)
+    assert cells.groupby("fraction")["n_labelled"].unique().map(list).to_dict() == {0.25: [10], 0.5: [21], 1.0: [42]}
+
+    # the parent's figures are consistent with the child runs
+    summary = summarize(cells, "test_accuracy")
+    logged = pd.read_csv(res["summary_csv"])
+    np.testing.assert_allclose(logged["mean"], summary["mean"])
+    expected_gain = gains(summary, "full")
+    for f, g in expected_gain.items():
+        assert parent.data.metrics[f"gain_at_{f:g}"] == pytest.approx(g)
+        assert res["gains"][f"{f:g}"] == pytest.approx(g)
+    ltm = labels_to_match(summary, "full")
+    if math.isnan(ltm):
+        assert "labels_to_match" not in parent.data.metrics and parent.data.tags["ecgssl.labels_to_match"] == "never"
+        assert math.isnan(res["labels_to_match"])
+    else:
+        assert parent.data.metrics["labels_to_match"] == ltm == res["labels_to_match"]
+
+    # subsets of one seed are identical across inits and nested across fractions
+    subs = {}
+    for name in ("random-full-f0.25-s0", "ssl-full-f0.25-s0", "ssl-full-f1-s0"):
+        subs[name] = pd.read_csv(tmp_path / "abl" / "cells" / name / "label_subsets.csv")
+    assert subs["random-full-f0.25-s0"].equals(subs["ssl-full-f0.25-s0"])
+    t = subs["ssl-full-f1-s0"]
+    assert (t["fraction_0.25"] <= t["fraction_0.5"]).all() and t["fraction_1"].all()
+    splits = pd.read_csv(tmp_path / "abl" / "cells" / "ssl-full-f1-s0" / "splits.csv", dtype=str)
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
+
+    # an interrupted ablation is resumed: finished cells are reused, nothing is trained twice
+    client.set_terminated(parent.info.run_id, "KILLED")
+    again = ablation_flow(**kwargs)
+    assert again["parent_run_id"] == parent.info.run_id
+    assert len(client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 12
+    assert again["gains"] == pytest.approx(res["gains"])
+    print(json.dumps({k: res[k] for k in ("labels_to_match", "gains", "best")}, default=str))

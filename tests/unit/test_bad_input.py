@@ -1,0 +1,150 @@
+"""Bad input: each problem gets a clear error naming the record and the rule; stored data is never lost."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecgmodel.data.convert import convert_batch, convert_sources
+from ecgmodel.data.download import download_source
+from ecgmodel.data.ingest_config import IngestConfig
+from ecgmodel.data.sources import get_source
+from ecgmodel.data.store import content_hash, open_store
+from ecgmodel.data.wfdb_io import RecordError, read_record
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "physionet"
+C20 = "challenge-2020/1.0.2"
+A0001 = "training/cpsc_2018/g1/A0001"
+HR1 = "records500/00000/00001_hr"
+
+
+def copy_source(tmp_path: Path, slug_version: str) -> Path:
+    dst = tmp_path / "mirror" / slug_version
+    shutil.copytree(DATA / slug_version, dst)
+    for f in dst.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # copies of read-only files must be editable
+    return dst
+
+
+def edit_header(path: Path, fn) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+def read_c20(root: Path, rel: str = A0001):
+    return read_record(root, rel, "challenge-2020", "challenge")
+
+
+def test_truncated_signal_file(tmp_path):
+    root = copy_source(tmp_path, C20)
+    mat = root / f"{A0001}.mat"
+    mat.write_bytes(mat.read_bytes()[: 24 + 12 * 2 * 4000])
+    with pytest.raises(RecordError, match=r"^challenge-2020/A0001: header declares 7500 samples, signal file has "
+                                          r"4000 \(truncated signal\)$"):  # fmt: skip
+        read_c20(root)
+
+
+def test_header_signal_length_mismatch(tmp_path):
+    root = copy_source(tmp_path, C20)
+    edit_header(root / f"{A0001}.hea", lambda ls: [ls[0].replace(" 7500 ", " 7000 ", 1), *ls[1:]])
+    with pytest.raises(RecordError, match=r"challenge-2020/A0001: header declares 7000 samples, A0001.mat declares "
+                                          r"7500 \(header/signal length mismatch\)"):  # fmt: skip
+        read_c20(root)
+    ptbxl = copy_source(tmp_path, "ptb-xl/1.0.3")
+    edit_header(ptbxl / f"{HR1}.hea", lambda ls: [ls[0].replace(" 5000", " 4000", 1), *ls[1:]])
+    with pytest.raises(RecordError, match=r"ptb-xl/00001_hr: .*4000 samples.*5000 .*length mismatch"):
+        read_record(ptbxl, HR1, "ptb-xl", "ptbxl")
+
+
+def test_corrupted_bytes_fail_the_header_checksum(tmp_path):
+    root = copy_source(tmp_path, C20)
+    mat = root / f"{A0001}.mat"
+    data = bytearray(mat.read_bytes())
+    data[24 + 2 * 12 * 100] ^= 0x40  # one bit of lead I, sample 100
+    mat.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=r"challenge-2020/A0001: lead 'I' checksum .*corrupted signal"):
+        read_c20(root)
+
+
+def test_non_numeric_dx(tmp_path):
+    root = copy_source(tmp_path, C20)
+    edit_header(root / f"{A0001}.hea", lambda ls: [("#Dx: 426783006,AF" if line.startswith("#Dx") else line)
+                                                 for line in ls])  # fmt: skip
+    with pytest.raises(RecordError, match=r"challenge-2020/A0001: Dx code 'AF' is not a SNOMED CT number"):
+        read_c20(root)
+
+
+def test_unknown_lead_name_quarantined_by_the_converter(tmp_path):
+    root = copy_source(tmp_path, C20)
+    edit_header(root / f"{A0001}.hea", lambda ls: [ls[0], ls[1][: ls[1].rfind(" ")] + " Lead1", *ls[2:]])
+    res = convert_batch(str(root), get_source("challenge-2020"), [A0001, "training/georgia/g1/E00001"], 500, 10, 6)
+    assert res.records == ["E00001"] and len(res.batch) == 1
+    assert res.failures == [{"record": "A0001", "reason": "challenge-2020/A0001: unknown lead name(s) ['Lead1'] "
+                             "(expected ['I', 'II', 'III', 'aVR', 'aVL', 'aVF', 'V1', 'V2', 'V3', 'V4', 'V5', 'V6'] "
+                             "in any case, or vx/vy/vz) (lead names)"}]  # fmt: skip
+
+
+def test_nan_only_lead(tmp_path):
+    root = copy_source(tmp_path, "ludb/1.0.1")
+    dat = root / "data/1.dat"
+    d = np.frombuffer(dat.read_bytes(), "<i2").reshape(-1, 12).copy()
+    d[:, 7] = -32768  # WFDB format 16 "no sample"
+    dat.write_bytes(d.tobytes())
+    checksum = int(d[:, 7].astype(np.int64).sum())
+    edit_header(root / "data/1.hea", lambda ls: [*ls[:8], " ".join((t := ls[8].split())[:6] + [str(checksum)] + t[7:]),
+                                                 *ls[9:]])  # fmt: skip
+    with pytest.raises(RecordError, match=r"ludb/1: lead 'v2' has no valid sample \(NaN-only lead\)"):
+        read_record(root, "data/1", "ludb", "ludb")
+
+
+def test_missing_metadata_row(tmp_path):
+    root = copy_source(tmp_path, "ptb-xl/1.0.3")
+    csv = root / "ptbxl_database.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:2]) + "\n")  # only ecg_id 1 left
+    with pytest.raises(RecordError, match=r"ptb-xl/00002_hr: no row for records500/00000/00002_hr in ptbxl_database"):
+        read_record(root, "records500/00000/00002_hr", "ptb-xl", "ptbxl")
+
+
+def test_bad_records_are_quarantined_and_stored_data_survives(tmp_path):
+    """A good ingest, then a mirror full of damaged records: quarantined with reasons, earlier rows intact."""
+    store = tmp_path / "store.zarr"
+    cfg = IngestConfig(sources=["challenge-2020", "ludb"], store=str(store), workers=0, progress=False)
+    good = [{"slug": "ludb", "root": str(DATA / "ludb/1.0.1"), "records": ["data/1", "data/2"], "failures": []}]
+    convert_sources(cfg, good)
+    before, hash_before = open_store(store).load_signal(), content_hash(store)
+
+    # a mirror whose A0001.mat lost bytes after its checksum was published: the downloader refuses it
+    mirror = tmp_path / "mirror"
+    copy_source(tmp_path, C20)
+    mat = mirror / C20 / f"{A0001}.mat"
+    mat.write_bytes(mat.read_bytes()[:-100])
+    # and E00015 is damaged in a way only the reader sees (the checksum listing is recomputed for it)
+    hea = mirror / C20 / "training/georgia/g1/E00015.hea"
+    edit_header(hea, lambda ls: [ls[0].replace(" 5000 ", " 6000 ", 1), *ls[1:]])
+    sums = mirror / C20 / "SHA256SUMS.txt"
+    digest = hashlib.sha256(hea.read_bytes()).hexdigest()
+    sums.write_text("".join(f"{digest} {line.split()[1]}\n" if line.endswith("E00015.hea") else line + "\n"
+                            for line in sums.read_text().splitlines()))  # fmt: skip
+    result = download_source("challenge-2020", mirror, tmp_path / "raw", workers=2, progress=False, retries=0)
+    assert [f["record"] for f in result.failures] == [A0001]
+    assert "sha256" in result.failures[0]["reason"].lower() or "checksum" in result.failures[0]["reason"].lower()
+    fetched = [{"slug": "challenge-2020", "root": str(result.root), "records": result.records,
+                "failures": result.failures}]  # fmt: skip
+    summary = convert_sources(cfg, fetched)
+
+    q = {x["record"]: x["reason"] for x in summary["quarantined"]}
+    assert set(q) == {"A0001", "E00015"}
+    assert "E00015" in q["E00015"] and "length mismatch" in q["E00015"]
+    assert summary["run"]["challenge-2020"]["stored"] == 2  # E00001 and S0001 made it
+    after = open_store(store)
+    rows = (after.meta().source == "ludb").to_numpy()
+    np.testing.assert_array_equal(after.load_signal()[rows], before)  # earlier data intact
+    assert content_hash(store) != hash_before
+    # re-running with the same broken input changes nothing
+    h = content_hash(store)
+    convert_sources(cfg, fetched)
+    assert content_hash(store) == h

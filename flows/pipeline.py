@@ -166,7 +166,9 @@ class PipelineConfig(BaseModel):
             ),
             pretrain=PretrainSection(preset="smoke", out=".demo/pretrain"),
             ablation=AblationSection(
-                fractions=[0.5, 1.0], seeds=1, modes=["full"], inits=["ssl", "random"], max_concurrent=2
+                fractions=[0.5, 1.0], seeds=1, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
+                # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
+                overrides={"min_class_records": 3},
             ),
         )
 

@@ -439,7 +439,7 @@ class StoreWriter:
     def _create(self, fs: int, window_samples: int, chunk_windows: int, meta_chunk: int) -> None:
         # mode="a" + overwrite per array: mode="w" would delete the lock file we hold.
         group = zarr.open_group(self.path, mode="a", zarr_format=3)
-        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")  # ratio 2.7, decode ~600 MB/s
         group.create_array(
             "signal", shape=(0, len(LEADS), window_samples), chunks=(chunk_windows, len(LEADS), window_samples),
             dtype="int16", fill_value=0, compressors=[blosc], dimension_names=["window", "lead", "time"],

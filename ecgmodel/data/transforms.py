@@ -40,7 +40,12 @@ def crop_starts(
 
 
 def crop(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
-    """Per-sample crop of (B, L, T) at ``starts`` (B,) -> (B, L, length), one gather (no Python loop)."""
+    """Per-sample crop of (B, L, T) at ``starts`` (B,) -> (B, L, length).
+
+    On accelerators one gather (no host sync); on CPU contiguous slice copies, which are several times faster
+    than a gather with a (B, L, length) int64 index."""
+    if x.device.type == "cpu":
+        return torch.stack([x[i, :, s : s + length] for i, s in enumerate(starts.tolist())])
     idx = starts.to(x.device)[:, None] + torch.arange(length, device=x.device)[None]
     return x.gather(2, idx[:, None, :].expand(x.shape[0], x.shape[1], length))
 
@@ -49,9 +54,8 @@ def standardize(x: torch.Tensor, min_std: float = 10.0, eps: float = 1e-6) -> to
     """Per-sample, per-lead z-score along time. ``min_std`` (in input units, microvolts) keeps flat or absent
     leads near zero instead of blowing up noise."""
     x = x.float()
-    mean = x.mean(dim=-1, keepdim=True)
-    std = x.std(dim=-1, keepdim=True, correction=0).clamp_min(min_std)
-    return (x - mean) / (std + eps)
+    std, mean = torch.std_mean(x, dim=-1, keepdim=True, correction=0)
+    return (x - mean) / (std.clamp_min(min_std) + eps)
 
 
 def to_model_input(

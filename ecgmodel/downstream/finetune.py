@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -82,6 +83,10 @@ def _loss_fn(data: TaskData, cfg: FinetuneConfig, device: torch.device):
 def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, thresholds=None, tune=False):
     """(metrics, table, probs, thresholds) of one split."""
     ws = getattr(data, split)
+    if ws.n_records == 0:  # e.g. no labelled record in the test folds: metrics are undefined, not zero
+        names = ["accuracy", "balanced_accuracy", "macro_f1"] if not data.multilabel else \
+            ["challenge_score", "macro_auroc", "macro_auprc", "macro_f1", "accuracy"]
+        return {k: float("nan") for k in names}, pd.DataFrame(), np.zeros((0, len(data.classes))), thresholds
     probs = predict_records(model, ws, enc_cfg.input_samples, data.multilabel, cfg.optim.batch_size * 2, device)
     if not data.multilabel:
         metrics, table = localization_metrics(ws.y, probs, data.classes)

@@ -71,10 +71,10 @@ def to_scored_space(matrix: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 
 def modified_confusion_matrix(labels: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     """The Challenge's multi-label confusion matrix (rows: labels, columns: outputs), per-record normalised."""
-    labels = labels.astype(np.float64)
-    outputs = outputs.astype(np.float64)
-    norm = np.maximum(np.logical_or(labels, outputs).sum(axis=1), 1.0)
-    return (labels / norm[:, None]).T @ outputs
+    labels = np.asarray(labels, dtype=bool)
+    outputs = np.asarray(outputs, dtype=bool)
+    norm = np.maximum(np.count_nonzero(labels | outputs, axis=1), 1).astype(np.float64)
+    return (labels / norm[:, None]).T @ outputs.astype(np.float64)
 
 
 def challenge_score_scored(labels: np.ndarray, outputs: np.ndarray) -> float:
@@ -117,16 +117,29 @@ class ChallengeScorer:
         inactive_outputs = np.zeros_like(self.labels)
         inactive_outputs[:, normal] = True
         self.inactive = np.nansum(self.weights * modified_confusion_matrix(self.labels, inactive_outputs))
-        # Column map from model classes to scored classes, for to_scored_space without the Python loop.
+        # (model column -> scored column) map, applied without a Python loop per call: the first model column
+        # of each scored class is copied, further ones (both codes of an equivalent pair) are OR-ed in
         position = {c: i for i, c in enumerate(scored)}
-        self._map = np.zeros((len(self.classes), len(scored)), dtype=np.float64)
+        first: dict[int, int] = {}
+        self._extra: list[tuple[int, int]] = []
         for j, code in enumerate(self.classes):
             k = position.get(representative(str(code)))
-            if k is not None:
-                self._map[j, k] = 1.0
+            if k is None:
+                continue
+            if k in first:
+                self._extra.append((k, j))
+            else:
+                first[k] = j
+        self._dst = np.array(list(first), dtype=np.int64)
+        self._src = np.array(list(first.values()), dtype=np.int64)
+        self._n_scored = len(scored)
 
     def __call__(self, outputs: np.ndarray) -> float:
-        out = (np.asarray(outputs, dtype=np.float64) @ self._map) > 0
+        outputs = np.asarray(outputs, dtype=bool)
+        out = np.zeros((outputs.shape[0], self._n_scored), dtype=bool)
+        out[:, self._dst] = outputs[:, self._src]
+        for k, j in self._extra:
+            out[:, k] |= outputs[:, j]
         observed = np.nansum(self.weights * modified_confusion_matrix(self.labels, out))
         if self.correct != self.inactive:
             return float(observed - self.inactive) / float(self.correct - self.inactive)

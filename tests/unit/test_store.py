@@ -233,3 +233,24 @@ def test_sigkill_at_random_points_never_loses_committed_rows(tmp_path):
     subprocess.run([sys.executable, str(script), str(path), str(n_records)], check=True, env=env)
     check_rows(path, list(range(n_records)))  # complete, no duplicates, no gaps
     assert content_hash(path) == content_hash(clean)
+
+
+def test_inspect_command(tmp_path, capsys):
+    import argparse
+
+    from flows.ingest import _cmd_inspect, format_summary
+
+    path = tmp_path / "s.zarr"
+    with StoreWriter(path, window_samples=W) as w:
+        for r in range(4):
+            w.append(make_record(r))
+        w.commit(sources={"src": {"version": "1"}}, quarantine=[{"source": "src", "record": "R0009", "reason": "bad"}])
+    assert _cmd_inspect(argparse.Namespace(store=str(path), json=True)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["windows"] == 1 + 2 + 3 + 1 and out["records"] == 4 and out["sources"] == {"src": 4}
+    assert out["databases"] == {"db0": {"records": 2, "windows": 4}, "db1": {"records": 2, "windows": 3}}
+    assert out["quarantined"] == [{"source": "src", "record": "R0009", "reason": "bad"}]
+    assert out["schema_version"] == 1 and out["fs"] == 500 and out["hash"] == content_hash(path)
+    assert "src/R0009: bad" in format_summary(out)
+    assert _cmd_inspect(argparse.Namespace(store=str(tmp_path / "missing"), json=False)) == 2
+    assert "not an ecgssl store" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def test_site_label_adapter_reads_wfdb_and_labels(tmp_path):
     root.mkdir()
     fs = 1000
     t = np.arange(fs * 11) / fs
-    for i, site in enumerate(["LVOT", "RVOT", "LVOT"]):
+    for i in range(3):
         sig = np.stack([np.sin(2 * np.pi * t) * (k + 1) * 0.1 for k in range(12)], axis=1)
         wfdb.wrsamp(f"rec{i}", fs=fs, units=["mV"] * 12, sig_name=CANONICAL[::-1], p_signal=sig,
                     fmt=["16"] * 12, write_dir=str(root))
@@ -131,3 +131,22 @@ def test_site_label_adapter_reads_wfdb_and_labels(tmp_path):
     # written in reversed lead order: canonical V6 (last) carried amplitude 0.1 mV = 100 uV, lead I 1.2 mV
     assert np.ptp(sig[-1, 500:4500]) / 2 == pytest.approx(100, rel=0.03)
     assert np.ptp(sig[0, 500:4500]) / 2 == pytest.approx(1200, rel=0.03)
+
+
+def test_zheng_store_gives_localization_targets_with_rare_sites_merged(tmp_path):
+    from ecgmodel.downstream.config import FinetuneConfig
+    from ecgmodel.downstream.dataset import prepare_task
+
+    root = make_zheng(tmp_path / "zheng", PATIENTS)
+    ingest_zheng(ZhengConfig(root=str(root)), tmp_path / "store")
+    cfg = FinetuneConfig(task="localization", store=str(tmp_path / "store"), min_class_records=3,
+                         split={"val_fraction": 0.2, "test_fraction": 0.2})
+    data = prepare_task(cfg)
+    assert data.target == "va_site"
+    assert data.classes == ["LCC", "RVOT-septum", "other"]  # RCC, AMC, RVOT-free wall: < 3 patients each
+    assert "AMC, RCC, RVOT-free wall" in data.definitions["equivalence_group"].iloc[-1]
+    assert data.y.sum(axis=1).tolist() == [1] * 10
+    assert data.records["split"].value_counts().to_dict() == {"train": 6, "val": 2, "test": 2}
+    assert data.train.signal.shape[1:] == (12, 5000) and data.train.n_records == 6
+    side = prepare_task(cfg.model_copy(update={"localization_target": "va_side"}))
+    assert side.classes == ["Left", "Right"]

@@ -92,7 +92,9 @@ def format_summary(s: dict[str, Any]) -> str:
         for db, c in sorted(s["databases"].items()):
             lines.append(f"{db:<18}{c['records']:>9}{c['windows']:>10}")
     lines += ["", f"quarantined: {len(s['quarantined'])}"]
-    lines += [f"  {q['source']}/{q['record']}: {q['reason']}" for q in s["quarantined"]]
+    for q in s["quarantined"]:
+        key = f"{q['source']}/{q['record']}"
+        lines.append(f"  {q['reason']}" if q["reason"].startswith(key) else f"  {key}: {q['reason']}")
     for slug, reason in s.get("failed_sources", {}).items():
         lines.append(f"FAILED source {slug}: {reason}")
     return "\n".join(lines)

@@ -91,7 +91,11 @@ class PretrainSection(BaseModel):
         description='Dotted-key overrides of the preset, e.g. {"optim.lr": 0.0003}; validated by its config.',
     )
     resume: bool = Field(True, description="Continue from the newest checkpoint in `out` when there is one.")
-    out: str = Field("runs/pretrain", description="Folder for checkpoints and the exported encoder.")
+    out: str = Field(
+        "runs/pretrain",
+        description="Base folder for checkpoints and the exported encoder. The pipeline trains into "
+        "<out>/<store hash>-<config hash>: a new store or config starts fresh, an interrupted run resumes.",
+    )
     launcher: Literal["inline", "torchrun"] = Field(
         "inline",
         description="inline: train in the flow's process (CPU or one GPU); torchrun: DDP over every GPU of the "
@@ -392,6 +396,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
 
     # 2. pretrain: keyed on the config and the store's content hash
     pretrain_cfg = cfg.pretrain.model_dump()
+    pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
     pretrained = pretrain_stage(pretrain_cfg, cfg.ingest.store, store_hash)
     encoder = pretrained.get("encoder_path")
     encoder_hash = file_fingerprint(encoder)

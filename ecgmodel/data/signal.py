@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 _LEAD_INDEX = {name.lower(): i for i, name in enumerate(LEADS)}
@@ -90,6 +89,10 @@ def resample(sig: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     up, down = _ratio(fs_in, fs_out)
     if up == down:
         return sig
+    # imported here: scipy.signal takes 1-3 s to import, and readers of the store (which import LEADS from
+    # this module) never resample
+    from scipy.signal import resample_poly
+
     return resample_poly(sig, up, down, axis=-1).astype(sig.dtype if sig.dtype.kind == "f" else np.float32)
 
 

@@ -110,6 +110,7 @@ def test_finetune_task_logs_a_complete_run(tmp_path, encoder_file):
     assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
 
 
+@pytest.mark.slow  # two fine-tuning runs: ~5-10 s on 2 cores
 def test_full_finetune_changes_the_encoder_and_subsets_are_shared(tmp_path, encoder_file):
     from ecgmodel.downstream.finetune import finetune
 

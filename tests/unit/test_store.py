@@ -238,7 +238,7 @@ def test_sigkill_at_random_points_never_loses_committed_rows(tmp_path):
 def test_inspect_command(tmp_path, capsys):
     import argparse
 
-    from flows.ingest import _cmd_inspect, format_summary
+    from flows.ingest import _cmd_inspect, exit_code, format_summary
 
     path = tmp_path / "s.zarr"
     with StoreWriter(path, window_samples=W) as w:
@@ -254,3 +254,7 @@ def test_inspect_command(tmp_path, capsys):
     assert "src/R0009: bad" in format_summary(out)
     assert _cmd_inspect(argparse.Namespace(store=str(tmp_path / "missing"), json=False)) == 2
     assert "not an ecgssl store" in capsys.readouterr().err
+    # ingest exits non-zero only when a source could not be listed or nothing is stored
+    assert exit_code({**out, "failed_sources": {}}) == 0
+    assert exit_code({**out, "failed_sources": {"ludb": "RECORDS: 404"}}) == 1
+    assert exit_code({**out, "windows": 0, "failed_sources": {}}) == 1

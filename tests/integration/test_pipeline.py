@@ -1,0 +1,89 @@
+"""The whole pipeline flow on a slice of the bundled sample: it runs end to end, reports to Prefect and MLflow,
+and re-runs continue instead of redoing - a stage is re-run exactly when what it produced is gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecgmodel.config import config_hash
+from ecgmodel.data.store import content_hash
+from flows.pipeline import PipelineConfig, pipeline_flow
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(tmp: Path) -> PipelineConfig:
+    cfg = PipelineConfig.demo().model_dump()
+    cfg["ingest"].update(sources=["ptb-xl"], store=str(tmp / "store.zarr"), raw_dir=str(tmp / "raw"), workers=0)
+    cfg["pretrain"].update(out=str(tmp / "pretrain"), overrides={
+        "optim.max_steps": 4, "data.batch_size": 8, "run.progress": False, "run.register_model": False})
+    cfg["ablation"].update(tasks=["localization"], fractions=[1.0], seeds=1, modes=["full"], inits=["random", "ssl"],
+                           overrides={"optim.epochs": 1, "min_class_records": 2}, max_concurrent=1,
+                           out_dir=str(tmp / "ablation"))
+    return PipelineConfig.model_validate(cfg)
+
+
+def _artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    cfg = small_config(tmp_path)
+    client = MlflowClient()
+
+    first = pipeline_flow(cfg)
+    store_hash = content_hash(cfg.ingest.store)
+    assert first["store_hash"] == store_hash and first["n_windows"] == 20
+    encoder = Path(first["encoder_path"])
+    assert encoder.is_file() and encoder.parent.name.startswith(store_hash)  # checkpoints keyed on the data
+    abl = first["ablations"]["localization"]
+    assert Path(abl["summary_csv"]).is_file() and Path(abl["plot"]).is_file()
+
+    # MLflow: the pipeline's own run links every stage and carries the standard tags
+    run = client.get_run(first["pipeline_run_id"])
+    tags = run.data.tags
+    assert tags["ecgssl.config_hash"] == config_hash(cfg) and tags["ecgssl.store_hash"] == store_hash
+    assert tags["prefect.flow_run_id"] and tags["ecgssl.git_commit"]
+    assert tags["ecgssl.ablation.localization.parent_run_id"] == abl["parent_run_id"]
+    assert tags["ecgssl.pretrain_run_id"] == first["pretrain_run_id"]
+    assert any(k.startswith("localization.gains") for k in run.data.metrics), run.data.metrics
+    assert "summary.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    parent = client.get_run(abl["parent_run_id"])
+    assert parent.data.tags["ecgssl.store_hash"] == store_hash
+
+    # Prefect: markdown summary with the links, and the ablation table
+    summary = _artifacts("pipeline-summary")
+    assert summary and abl["parent_run_id"] in summary[-1].data and "noisy" in summary[-1].data
+    table = _artifacts("ablation-localization")
+    assert table and "fraction" in str(table[-1].data)
+
+    # 2nd run: nothing changed -> every stage cached (same MLflow runs, no new pretraining run)
+    n_pretrain_runs = len(client.search_runs([client.get_experiment_by_name("ecgssl-pretrain").experiment_id]))
+    second = pipeline_flow(cfg)
+    assert second["pretrain_run_id"] == first["pretrain_run_id"]
+    assert second["ablations"]["localization"]["parent_run_id"] == abl["parent_run_id"]
+    assert len(client.search_runs([client.get_experiment_by_name("ecgssl-pretrain").experiment_id])) == n_pretrain_runs
+    assert second["pipeline_run_id"] != first["pipeline_run_id"]
+
+    # 3rd run: the encoder file was deleted -> pretraining runs again (it re-exports the finished checkpoint: same
+    # weights, same sha256), so the ablations, keyed on that sha256, stay cached
+    encoder.unlink()
+    third = pipeline_flow(cfg)
+    assert Path(third["encoder_path"]).is_file() and third["encoder_hash"] == first["encoder_hash"]
+    assert third["ablations"]["localization"]["parent_run_id"] == abl["parent_run_id"]
+
+    # 4th run: the ablation's MLflow parent run was deleted -> only the ablation runs again
+    client.delete_run(abl["parent_run_id"])
+    fourth = pipeline_flow(cfg)
+    new_parent = fourth["ablations"]["localization"]["parent_run_id"]
+    assert new_parent != abl["parent_run_id"] and client.get_run(new_parent).info.status == "FINISHED"
+    assert fourth["pretrain_run_id"] == first["pretrain_run_id"]

@@ -402,7 +402,9 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     encoder_hash = file_fingerprint(encoder)
     if encoder_hash is None:
         logger.warning("encoder %s from the cached pretraining result is gone: pretraining again", encoder)
-        pretrained = pretrain_stage.with_options(refresh_cache=True)(pretrain_cfg, cfg.ingest.store, store_hash)
+        pretrained = pretrain_stage.with_options(refresh_cache=True)(
+            pretrain_cfg, cfg.ingest.store, store_hash, rebuild=True
+        )
         encoder = pretrained.get("encoder_path")
         encoder_hash = file_fingerprint(encoder)
         if encoder_hash is None:

@@ -107,13 +107,17 @@ def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
     return dict(ingest_flow(**ingest))
 
 
-@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
-def pretrain_stage(pretrain: dict[str, Any], store: str, store_hash: str) -> dict[str, Any]:
+@task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def pretrain_stage(pretrain: dict[str, Any], store: str, store_hash: str, rebuild: bool = False) -> dict[str, Any]:
     """Self-supervised pretraining (``flows.pretrain.pretrain_flow``). Key: config + store content hash.
 
     The training loop resumes from its own checkpoint, so a stage interrupted mid-way continues when re-run.
+    ``rebuild`` (not part of the cache key, so the new result replaces the stale cache entry) trains from
+    scratch: used when a finished run's encoder file has disappeared.
     """
     pretrain = dict(pretrain)
+    if rebuild:
+        pretrain["resume"] = False
     launcher = pretrain.pop("launcher", "inline")
     nproc = pretrain.pop("nproc_per_node", None)
     if launcher == "torchrun":

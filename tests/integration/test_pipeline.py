@@ -74,16 +74,18 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     assert len(client.search_runs([client.get_experiment_by_name("ecgssl-pretrain").experiment_id])) == n_pretrain_runs
     assert second["pipeline_run_id"] != first["pipeline_run_id"]
 
-    # 3rd run: the encoder file was deleted -> pretraining runs again (it re-exports the finished checkpoint: same
-    # weights, same sha256), so the ablations, keyed on that sha256, stay cached
+    # 3rd run: the encoder file was deleted -> pretraining is rebuilt (a new run) and replaces the cached result;
+    # the ablations are keyed on the encoder's sha256: re-run when it changed, cached when it did not
     encoder.unlink()
     third = pipeline_flow(cfg)
-    assert Path(third["encoder_path"]).is_file() and third["encoder_hash"] == first["encoder_hash"]
-    assert third["ablations"]["localization"]["parent_run_id"] == abl["parent_run_id"]
+    assert Path(third["encoder_path"]).is_file() and third["pretrain_run_id"] != first["pretrain_run_id"]
+    same_encoder = third["encoder_hash"] == first["encoder_hash"]
+    assert (third["ablations"]["localization"]["parent_run_id"] == abl["parent_run_id"]) == same_encoder
+    abl = third["ablations"]["localization"]
 
     # 4th run: the ablation's MLflow parent run was deleted -> only the ablation runs again
     client.delete_run(abl["parent_run_id"])
     fourth = pipeline_flow(cfg)
     new_parent = fourth["ablations"]["localization"]["parent_run_id"]
     assert new_parent != abl["parent_run_id"] and client.get_run(new_parent).info.status == "FINISHED"
-    assert fourth["pretrain_run_id"] == first["pretrain_run_id"]
+    assert fourth["pretrain_run_id"] == third["pretrain_run_id"]  # the rebuilt result is the one cached now

@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
-from ecgmodel.data.download import PHYSIONET_URL, UnsafePathError, download_source
+from ecgmodel.data.download import PHYSIONET_URL, SourceUnavailableError, UnsafePathError, download_source
 from ecgmodel.data.sources import RecordPathError, UnknownSourceError, get_source
 
 # Record lists longer than this travel only as ``records_file``.
@@ -29,6 +29,8 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
         exc = state.result(raise_on_failure=False)
     except Exception:  # the state could not be read back: let the retry policy decide
         return True
+    if isinstance(exc, SourceUnavailableError) and not str(exc.url).startswith(("http://", "https://")):
+        return False  # a local mirror folder that is missing or broken will not heal by waiting
     return not isinstance(exc, _PERMANENT)
 
 

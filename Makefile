@@ -27,6 +27,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} \
+	DASK_TEMPORARY_DIRECTORY=$${DASK_TEMPORARY_DIRECTORY:-$(CURDIR)/.demo/dask} \
 	$(BIN)/ecgssl pipeline --demo
 
 test: $(STAMP)

@@ -168,11 +168,16 @@ class PipelineConfig(BaseModel):
                 workers=2,
                 max_windows_per_record=3,
             ),
-            pretrain=PretrainSection(preset="smoke", out=".demo/pretrain"),
+            # CPU-sized model, few steps: ~1 s per step on 2 cores, so pretraining takes about a minute
+            pretrain=PretrainSection(
+                preset="smoke", out=".demo/pretrain",
+                overrides={"optim.max_steps": 60, "optim.warmup_steps": 10, "data.batch_size": 16,
+                           "run.ckpt_every": 20},
+            ),
             ablation=AblationSection(
                 fractions=[0.5, 1.0], seeds=1, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
                 # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
-                overrides={"min_class_records": 3},
+                overrides={"optim.epochs": 5, "min_class_records": 3},
             ),
         )
 
@@ -253,6 +258,7 @@ def render_summary(
     n_windows: int | None,
     flow_run_id: str | None,
     experiment_ids: dict[str, str | None] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> str:
     """The markdown summary of one pipeline run (Prefect artifact, MLflow artifact, CLI output)."""
     exp = experiment_ids or {}
@@ -265,8 +271,11 @@ def render_summary(
         f"- encoder `{pretrained.get('encoder_path', '-')}`; pretraining run "
         f"{mlflow_run_link(uri, pretrained.get('run_id'), exp.get(str(pretrained.get('run_id'))))}",
         f"- MLflow tracking URI `{uri}`",
-        "",
     ]
+    if seconds:
+        lines.append("- stage wall time (cached stages take seconds): "
+                     + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    lines.append("")
     if ingested.get("failed_sources"):
         lines += [f"> Sources that could not be fetched: {_fmt(ingested['failed_sources'])}", ""]
     if n_windows is not None and n_windows < 2000:
@@ -331,7 +340,7 @@ def log_pipeline_run(
     encoder_hash: str | None,
 ) -> str:
     """One MLflow run per pipeline run: params, tags linking every stage's runs, headline metrics, summary."""
-    import mlflow
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     from ecgmodel.tracking import run_tags, setup_mlflow
@@ -356,8 +365,6 @@ def log_pipeline_run(
     run = client.create_run(exp_id, run_name=f"pipeline-{config_hash(cfg)}", tags=tags)
     run_id = run.info.run_id
     params = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(cfg).items()}
-    from mlflow.entities import Metric, Param
-
     metrics = []
     now = int(time.time() * 1000)
     for name, res in ablations.items():
@@ -369,7 +376,6 @@ def log_pipeline_run(
     )
     client.log_text(run_id, summary_md, "summary.md")
     client.set_terminated(run_id)
-    mlflow.set_tracking_uri(uri)
     return run_id
 
 
@@ -385,6 +391,9 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     run_id = flow_run.id
     logger.info("pipeline config %s (hash %s); MLflow at %s", cfg.model_dump_json(), config_hash(cfg), uri)
 
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
     # 1. ingest: keyed on the config and the mirror's checksum listings
     ingest_cfg = cfg.ingest.model_dump()
     mirror_state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
@@ -393,6 +402,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         logger.warning("store %s does not match the cached ingest result: ingesting again", cfg.ingest.store)
         ingested = ingest_stage.with_options(refresh_cache=True)(ingest_cfg, mirror_state)
     store_hash = ingested["store_hash"]
+    seconds["ingest"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 2. pretrain: keyed on the config and the store's content hash
     pretrain_cfg = cfg.pretrain.model_dump()
@@ -409,6 +419,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         encoder_hash = file_fingerprint(encoder)
         if encoder_hash is None:
             raise FileNotFoundError(f"pretraining finished but its encoder file {encoder!r} does not exist")
+    seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI
     ablations: dict[str, dict[str, Any]] = {}
@@ -423,11 +434,12 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
             logger.warning("results of the cached %s ablation are gone: running it again", name)
             res = ablation_stage.with_options(name=f"ablation-{name}", refresh_cache=True)(*args)
         ablations[name] = res
+        seconds[f"ablation-{name}"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 4. report: Prefect artifacts + one MLflow pipeline run linking everything
     n_windows = _store_windows(cfg.ingest.store)
     exp_ids = _experiment_ids(uri, [pretrained.get("run_id")] + [r.get("parent_run_id") for r in ablations.values()])
-    summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids)
+    summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds)
     pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash)
     summary += f"\nPipeline summary run in MLflow: {mlflow_run_link(uri, pipeline_run_id)}\n"
     create_markdown_artifact(summary, key="pipeline-summary", description="ecgssl pipeline headline numbers")
@@ -447,6 +459,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         "pretrain_run_id": pretrained.get("run_id"),
         "ablations": ablations,
         "pipeline_run_id": pipeline_run_id,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "summary_markdown": summary,
     }
 

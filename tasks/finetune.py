@@ -43,7 +43,14 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
         MlflowClient().set_terminated(run_id, status=status)
 
 
-@task(name="finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, tags=[FINETUNE_TAG])
+def retry_transient_only(task, task_run, state) -> bool:
+    """Retry policy filter: a config or data error (ValueError incl. pydantic's, KeyError, missing file) fails
+    identically on every attempt, so only other failures (I/O, a locked database, out of memory) are retried."""
+    return not isinstance(state.data, ValueError | KeyError | FileNotFoundError)
+
+
+@task(name="finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, tags=[FINETUNE_TAG],
+      retry_condition_fn=retry_transient_only)  # fmt: skip
 def finetune_task(
     config: dict[str, Any],
     out_dir: str,

@@ -124,7 +124,12 @@ def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
     records["split"] = split.to_numpy()
     for name in ("train", "val"):
         if not (records["split"] == name).any():
-            raise ValueError(f"{cfg.store}: the {name} split is empty ({len(records)} labelled records)")
+            raise ValueError(
+                f"{cfg.store}: the {name} split is empty ({len(records)} labelled records; rule: folds "
+                f"{getattr(s, name + '_folds')} -> {name} where the data has folds, else a "
+                f"{s.val_fraction:g}/{s.test_fraction:g} val/test share of patients). Adjust with --set "
+                f"split.{name}_folds=[...] or add labelled records."
+            )
 
     train_idx = np.flatnonzero(records["split"] == "train")
     ladder = sorted(set(cfg.fractions) | {cfg.fraction})

@@ -80,8 +80,8 @@ def _loss_fn(data: TaskData, cfg: FinetuneConfig, device: torch.device):
     return lambda logits, target: F.cross_entropy(logits, target.long(), weight=w)
 
 
-def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, thresholds=None, tune=False):
-    """(metrics, table, probs, thresholds) of one split."""
+def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, thresholds=None, tune=False, passes=None):
+    """(metrics, table, probs, thresholds) of one split; ``tune`` fits the thresholds on this split first."""
     ws = getattr(data, split)
     if ws.n_records == 0:  # e.g. no labelled record in the test folds: metrics are undefined, not zero
         names = ["accuracy", "balanced_accuracy", "macro_f1"] if not data.multilabel else \
@@ -92,7 +92,7 @@ def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, threshold
         metrics, table = localization_metrics(ws.y, probs, data.classes)
         return metrics, table, probs, None
     if tune:
-        thresholds, _ = tune_thresholds(ws.y, probs, data.classes, cfg.threshold_grid, cfg.threshold_passes)
+        thresholds, _ = tune_thresholds(ws.y, probs, data.classes, cfg.threshold_grid, passes or cfg.threshold_passes)
     elif thresholds is None:
         thresholds = np.full(len(data.classes), 0.5)
     metrics, table = arrhythmia_metrics(ws.y, probs, thresholds, data.classes,
@@ -183,7 +183,8 @@ def finetune(
             sched.step()
             step += 1
             losses.append(float(loss.detach()))
-        val_metrics, _, _, _ = _evaluate(model, data, "val", enc_cfg, cfg, device, tune=cfg.tune_thresholds)
+        # epoch selection: one coordinate-ascent sweep is enough to rank epochs; the final tuning does them all
+        val_metrics, _, _, _ = _evaluate(model, data, "val", enc_cfg, cfg, device, tune=cfg.tune_thresholds, passes=1)
         row = {"train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                **{f"val_{k}": v for k, v in val_metrics.items()}}  # fmt: skip
         history.append({"epoch": epoch, **row})

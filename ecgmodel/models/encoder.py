@@ -43,6 +43,11 @@ class EncoderConfig(BaseModel):
     d_model: int = Field(128, ge=8, description="Token width.")
     n_layers: int = Field(4, ge=1, description="Transformer blocks (or ResNet stages for resnet1d).")
     n_heads: int = Field(4, ge=1, description="Attention heads per block.")
+    attention: Literal["joint", "divided"] = Field(
+        "joint", description="joint = every token attends to all 12 * P tokens; divided = each block attends along "
+        "time within a lead, then across the 12 leads at the same patch position (cheaper, and the "
+        "same-instant path between leads exists from the first step)."
+    )
     mlp_ratio: float = Field(4.0, gt=0, description="Hidden width of the MLP as a multiple of d_model.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in attention output and MLP.")
     bias: bool = Field(True, description="Bias terms in linear layers and LayerNorms.")
@@ -93,15 +98,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LN block on tokens (B, L, P, d): attention (joint over L * P, or divided: time then leads) + MLP."""
+
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
+        self.divided = cfg.attention == "divided"
         self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.attn = SelfAttention(cfg)
+        if self.divided:
+            self.ln_lead = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+            self.lead_attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+        B, L, P, d = x.shape
+        if not self.divided:
+            h = x.reshape(B, L * P, d)
+            x = (h + self.attn(self.ln1(h))).view(B, L, P, d)
+        else:
+            h = x.reshape(B * L, P, d)  # along time, within each lead
+            h = (h + self.attn(self.ln1(h))).view(B, L, P, d).transpose(1, 2).reshape(B * P, L, d)
+            h = h + self.lead_attn(self.ln_lead(h))  # across the leads, at the same patch position
+            x = h.view(B, P, L, d).transpose(1, 2)
         return x + self.mlp(self.ln2(x))
 
 
@@ -189,10 +208,8 @@ class Encoder(nn.Module):
             tok = torch.where(mask[..., None], self.mask_token.to(tok.dtype), tok)
         tok = tok + self.pos_embed[:P][None, None] + self.slot_embed[None, :, None]
         if self.cfg.arch == "transformer":
-            h = tok.reshape(B, L * P, d)
             for block in self.blocks:
-                h = block(h)
-            tok = h.reshape(B, L, P, d)
+                tok = block(tok)
         return self.ln_f(tok)
 
     def embed(self, x: torch.Tensor, lead_present: torch.Tensor | None = None) -> torch.Tensor:

@@ -211,3 +211,23 @@ def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 12
     assert again["gains"] == pytest.approx(res["gains"])
     print(json.dumps({k: res[k] for k in ("labels_to_match", "gains", "best")}, default=str))
+
+
+@pytest.mark.slow
+def test_failing_cells_are_reported_not_retried(tmp_path):
+    """A data error (no localization labels in a SNOMED-only store) fails every cell once, clearly."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.ablation import ablation_flow
+
+    store = synthetic_snomed_store(tmp_path / "store", n_records=20)
+    res = ablation_flow(task="localization", store=store, encoder=None, fractions=[0.5, 1.0], seeds=1,
+                        inits=["random"], out_dir=str(tmp_path / "abl"), overrides={"encoder": TINY.model_dump()})
+    assert res["n_failed"] == res["n_cells"] == 2 and math.isnan(res["labels_to_match"])
+    client = MlflowClient()
+    parent = client.get_run(res["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}  # one attempt per cell
+    cells = pd.read_csv(tmp_path / "abl" / "cells.csv")
+    assert cells["error"].str.contains("no localization labels").all()

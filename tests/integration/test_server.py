@@ -220,3 +220,21 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
     png = requests.get(f"{stack['mlflow']}/get-artifact", params={"path": "label_efficiency.png",
                                                                    "run_uuid": parent_id}, timeout=30)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ecgssl_ui_serves_the_local_store(tmp_path):
+    """`ecgssl ui` starts the MLflow UI on 127.0.0.1 over the SQLite store in force and says where."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ui = Service("ui", [str(BIN / "ecgssl"), "ui", "--port", str(port)], env, tmp_path, cwd=tmp_path)
+    try:
+        ui.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        assert f"http://127.0.0.1:{port}" in ui.tail() and "mlflow.db" in ui.tail()
+        exps = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                            params={"max_results": 10}, timeout=10).json()
+        assert any(e["name"] == "Default" for e in exps["experiments"])
+    finally:
+        ui.stop()
+    assert ui.proc.poll() is not None

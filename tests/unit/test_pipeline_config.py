@@ -191,3 +191,41 @@ def _scored_codes():
     from ecgmodel.data.labels import scored_codes
 
     return scored_codes()
+
+
+def test_ui_points_at_a_tracking_server_instead_of_starting_one(monkeypatch, capsys):
+    import argparse
+
+    from flows.pipeline import _cmd_ui
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    assert _cmd_ui(argparse.Namespace(host="127.0.0.1", port=5000)) == 0
+    assert "http://10.0.0.5:5000" in capsys.readouterr().out
+
+
+def test_cli_registers_pipeline_and_ui():
+    from flows.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["pipeline", "--demo", "--set", "ablation.seeds=2", "--set", "ingest.workers=1"])
+    assert args.demo and args.overrides == ["ablation.seeds=2", "ingest.workers=1"] and callable(args.func)
+    assert parser.parse_args(["ui"]).port == 5000 and parser.parse_args(["ui"]).host == "127.0.0.1"
+
+
+def test_cli_rejects_a_bad_config_before_running(capsys):
+    from flows.cli import main
+
+    assert main(["pipeline", "--demo", "--set", "ablation.fractions=[2.0]"]) == 2
+    assert "fractions" in capsys.readouterr().err
+
+
+def test_demo_overrides_are_valid_keys_of_the_stage_configs():
+    """The demo's --set style overrides must name real keys of PretrainConfig / FinetuneConfig."""
+    from ecgmodel.config import apply_overrides
+    from ecgmodel.downstream.config import FinetuneConfig
+    from ecgmodel.train.pretrain import build_config as pretrain_config
+
+    demo = PipelineConfig.demo()
+    assert pretrain_config(demo.pretrain.preset, demo.pretrain.overrides).optim.max_steps == 60
+    for task in demo.ablation.tasks:
+        assert apply_overrides(FinetuneConfig(task=task), demo.ablation.overrides).optim.epochs == 5

@@ -72,6 +72,9 @@ def test_bad_parameters_are_rejected(deployments):
     from prefect.flows import load_flow_from_entrypoint
 
     flow = load_flow_from_entrypoint(str(REPO / "flows/pipeline.py") + ":pipeline_flow")
+    # a partial config (as `--param 'config={"ablation": {"seeds": 5}}'` sends it) fills in the defaults
+    cfg = flow.validate_parameters({"config": {"ablation": {"seeds": 5}}})["config"]
+    assert cfg.ablation.seeds == 5 and cfg.ablation.tasks == ["arrhythmia27", "localization"]
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"config": {"ablation": {"fractions": [0.0, 2.0]}}})
     with pytest.raises(ParameterTypeError):

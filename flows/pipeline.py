@@ -441,7 +441,8 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     exp_ids = _experiment_ids(uri, [pretrained.get("run_id")] + [r.get("parent_run_id") for r in ablations.values()])
     summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds)
     pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash)
-    summary += f"\nPipeline summary run in MLflow: {mlflow_run_link(uri, pipeline_run_id)}\n"
+    pipeline_link = mlflow_run_link(uri, pipeline_run_id, _experiment_ids(uri, [pipeline_run_id])[pipeline_run_id])
+    summary += f"\nPipeline summary run in MLflow: {pipeline_link}\n"
     create_markdown_artifact(summary, key="pipeline-summary", description="ecgssl pipeline headline numbers")
     for name, res in ablations.items():
         rows = table_records(res.get("summary_csv"))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ def torchrun_pretrain(
     if not resume:
         cmd.append("--no-resume")
     env = dict(os.environ, ECGSSL_HOME=str(REPO_ROOT))
+    env.setdefault("PYTHON", sys.executable)  # the interpreter of this environment, not whatever is on PATH
     if nproc_per_node:
         env["NPROC_PER_NODE"] = str(nproc_per_node)
     if flow_run_id:

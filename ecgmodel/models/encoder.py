@@ -5,8 +5,12 @@ shared by all leads, embeds every patch, so nothing in the embedding knows which
 information is a learned temporal embedding (patch index) plus a learned SLOT embedding (row index in the input
 tensor). The slot embedding describes the position in the tensor, never the true lead identity: when the
 leads are shuffled for the spatial pretext task, only the signal itself tells the model which lead sits in a
-slot. A pre-LayerNorm transformer then attends over all ``12 * P`` tokens jointly (fused
-``F.scaled_dot_product_attention`` kernels on GPU).
+slot. A pre-LayerNorm transformer then attends over the tokens (fused ``F.scaled_dot_product_attention``
+kernels on GPU): jointly over all ``12 * P`` (``attention="joint"``), or divided, each block first along time
+within a lead and then across the 12 leads at the same patch position (``attention="divided"``). Divided
+attention learns masked reconstruction several times faster: the 12 leads are nearly linear combinations of
+each other, and the path from a hidden patch to the same instant in the other leads exists from the first step
+instead of having to be found through weak learned positions among all ``12 * P`` tokens.
 
 API (kept stable for fine-tuning):
 

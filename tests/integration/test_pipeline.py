@@ -89,3 +89,29 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     new_parent = fourth["ablations"]["localization"]["parent_run_id"]
     assert new_parent != abl["parent_run_id"] and client.get_run(new_parent).info.status == "FINISHED"
     assert fourth["pretrain_run_id"] == third["pretrain_run_id"]  # the rebuilt result is the one cached now
+
+
+def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):
+    """The gpu pool's multi-process path: flow -> infra/torchrun/pretrain.sh -> torchrun (2 gloo processes here)."""
+    from mlflow.tracking import MlflowClient
+
+    from ecgmodel.data.convert import convert_sources
+    from ecgmodel.data.download import download_source
+    from ecgmodel.data.ingest_config import IngestConfig
+    from flows.pipeline import SAMPLE_MIRROR, pretrain_ddp_flow
+
+    monkeypatch.chdir(tmp_path)
+    cfg = IngestConfig(sources=["ludb", "ptb-xl"], mirror=str(SAMPLE_MIRROR), store=str(tmp_path / "store.zarr"),
+                       raw_dir=str(tmp_path / "raw"), workers=0, progress=False)
+    fetched = [dict(download_source(cfg.source(s), cfg.mirror, cfg.raw_dir, progress=False).summary(), slug=s,
+                    mirror=cfg.mirror) for s in cfg.sources]
+    convert_sources(cfg, fetched, client=None)
+
+    state = pretrain_ddp_flow(store=cfg.store, preset="smoke", out=str(tmp_path / "ddp"), nproc_per_node=2,
+                              overrides={"optim.max_steps": 3, "data.batch_size": 8, "run.progress": False,
+                                         "run.register_model": False}, return_state=True)
+    result = state.result()
+    assert Path(result["encoder_path"]).is_file() and result["step"] == 3
+    tags = MlflowClient().get_run(result["run_id"]).data.tags
+    assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert tags["ecgssl.store_hash"] == content_hash(cfg.store)

@@ -59,7 +59,7 @@ class Service:
 
     def stop(self) -> None:
         # SIGINT first (prefect/uvicorn shut down cleanly), then SIGTERM, then SIGKILL; whole group.
-        for sig, grace in ((signal.SIGINT, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for sig, grace in ((signal.SIGINT, 3), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             if self.proc.poll() is not None:
                 break
             try:
@@ -100,6 +100,10 @@ def stack(tmp_path_factory):
             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
             "--artifacts-destination", (tmp / "mlartifacts").as_uri(), "--workers", "1",
         ], base, logs))
+        # `ecgssl ui` (MLflow UI over a local SQLite store), started alongside so the start-ups overlap
+        ui_port = free_port()
+        ui_env = dict(base, MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'ui.db'}")
+        services.append(Service("ui", [str(BIN / "ecgssl"), "ui", "--port", str(ui_port)], ui_env, logs, cwd=tmp))
         client_env = dict(base, PREFECT_HOME=str(tmp / "prefect-client"),
                           PREFECT_API_URL=f"http://127.0.0.1:{p_port}/api",
                           MLFLOW_TRACKING_URI=f"http://127.0.0.1:{m_port}", ECGSSL_HOME=str(REPO))
@@ -128,7 +132,7 @@ def stack(tmp_path_factory):
         assert pretrain.proc.wait(timeout=180) == 0, pretrain.tail()
         encoder = encoder_dir / "encoder.pt"
         assert encoder.is_file(), pretrain.tail()
-        yield {"env": client_env, "prefect": f"http://127.0.0.1:{p_port}/api", "mlflow": f"http://127.0.0.1:{m_port}",
+        yield {"ui": services[2], "ui_port": ui_port, "env": client_env, "prefect": f"http://127.0.0.1:{p_port}/api", "mlflow": f"http://127.0.0.1:{m_port}",
                "store": str(store), "encoder": str(encoder), "tmp": tmp, "logs": logs, "services": services}
     finally:
         for svc in reversed(services):
@@ -222,19 +226,13 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ecgssl_ui_serves_the_local_store(tmp_path):
+
+def test_ecgssl_ui_serves_the_local_store(stack):
     """`ecgssl ui` starts the MLflow UI on 127.0.0.1 over the SQLite store in force and says where."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    ui = Service("ui", [str(BIN / "ecgssl"), "ui", "--port", str(port)], env, tmp_path, cwd=tmp_path)
-    try:
-        ui.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        assert f"http://127.0.0.1:{port}" in ui.tail() and "mlflow.db" in ui.tail()
-        exps = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
-                            params={"max_results": 10}, timeout=10).json()
-        assert any(e["name"] == "Default" for e in exps["experiments"])
-    finally:
-        ui.stop()
-    assert ui.proc.poll() is not None
+    ui, port = stack["ui"], stack["ui_port"]
+    ui.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+    said = ui.log.read_text(errors="replace")
+    assert f"MLflow UI on http://127.0.0.1:{port}" in said and "ui.db" in said
+    exps = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                        params={"max_results": 10}, timeout=10).json()
+    assert [e["name"] for e in exps["experiments"]] == ["Default"]  # its own store, not the server's

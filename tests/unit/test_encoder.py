@@ -9,9 +9,12 @@ from ecgmodel.ssl.shuffle import apply_lead_permutation, random_lead_permutation
 TINY = {"input_samples": 500, "patch_size": 25, "d_model": 32, "n_layers": 2, "n_heads": 4}
 
 
-@pytest.mark.parametrize("arch", ["transformer", "resnet1d"])
-def test_shapes_and_api(arch):
-    cfg = EncoderConfig(arch=arch, **TINY)
+ARCHS = [("transformer", "joint"), ("transformer", "divided"), ("resnet1d", "joint")]
+
+
+@pytest.mark.parametrize("arch,attention", ARCHS)
+def test_shapes_and_api(arch, attention):
+    cfg = EncoderConfig(arch=arch, attention=attention, **TINY)
     enc = build_encoder(cfg.model_dump())
     x = torch.randn(3, 12, 500)
     tok = enc(x)
@@ -32,12 +35,12 @@ def test_config_validation():
         EncoderConfig(d_model=30, n_heads=4)
 
 
-@pytest.mark.parametrize("arch", ["transformer", "resnet1d"])
-def test_no_lead_identity_leak_equivariance(arch):
+@pytest.mark.parametrize("arch,attention", ARCHS)
+def test_no_lead_identity_leak_equivariance(arch, attention):
     """Apart from the slot embedding, the whole pipeline is lead-permutation equivariant: the model learns
     which lead sits in a slot from the signal only."""
     torch.manual_seed(0)
-    model = PretrainModel(build_encoder(EncoderConfig(arch=arch, **TINY)), "joint").eval()
+    model = PretrainModel(build_encoder(EncoderConfig(arch=arch, attention=attention, **TINY)), "joint").eval()
     with torch.no_grad():
         model.encoder.slot_embed.zero_()
     raw = (torch.randn(4, 12, 800) * 300 + torch.arange(12)[None, :, None] * 50).to(torch.int16)
@@ -65,3 +68,21 @@ def test_identical_leads_give_chance_level_lead_accuracy():
         _, logits = model(apply_lead_permutation(x, src))
     acc = (logits.argmax(-1) == src).float().mean().item()
     assert abs(acc - 1 / 12) < 0.03
+
+
+@pytest.mark.parametrize("attention", ["joint", "divided"])
+def test_masked_patches_are_hidden_but_keep_their_place(attention):
+    """The mask token replaces the patch embedding (nothing of the hidden samples reaches the model), while
+    the slot and time position still differ between masked tokens."""
+    torch.manual_seed(0)
+    model = PretrainModel(build_encoder(EncoderConfig(attention=attention, **TINY)), "joint").eval()
+    x = torch.randn(2, 12, 500)
+    mask = torch.rand(2, 12, 20) < 0.5
+    noisy = torch.where(mask.repeat_interleave(25, dim=2), torch.randn_like(x) * 5, x)  # new hidden content
+    with torch.no_grad():
+        r0, l0 = model(x, mask)
+        r1, l1 = model(noisy, mask)
+        tok = model.encoder(x, torch.ones(2, 12, 20, dtype=torch.bool))  # everything hidden
+    assert torch.allclose(r0, r1, atol=1e-5) and torch.allclose(l0, l1, atol=1e-5)
+    assert not torch.allclose(tok[:, 0, 0], tok[:, 1, 0]) and not torch.allclose(tok[:, 0, 0], tok[:, 0, 1])
+

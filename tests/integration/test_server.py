@@ -158,6 +158,9 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
     assert {d["name"] for d in deployments} >= {"pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"}, out
     by_name = {d["name"]: d for d in deployments}
     assert by_name["pipeline"]["schedules"] and by_name["ingest"]["schedules"]
+    for name in ("pipeline", "ingest"):  # no scheduled tick may reach the worker below (it has no internet)
+        resp = requests.post(f"{stack['prefect']}/deployments/{by_name[name]['id']}/pause_deployment", timeout=10)
+        assert resp.status_code < 300, resp.text
     assert by_name["ablation"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": "{{ $ECGSSL_HOME }}"
     }

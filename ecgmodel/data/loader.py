@@ -55,7 +55,42 @@ def _row_arrays(store: Any) -> tuple[np.ndarray, np.ndarray]:
     return lead_present, valid_length
 
 
-class InMemoryLoader:
+class _ResumableLoader:
+    """Iteration and resume state shared by the loaders: batches are a pure function of (seed, rank, step)."""
+
+    step: int
+    batch_size: int
+    n: int
+    seed: int
+    rank: int
+
+    def __next__(self) -> Batch:
+        return self.next()  # each loader defines next()
+
+    def __iter__(self):
+        return self
+
+    @property
+    def epoch(self) -> float:
+        return self.step * self.batch_size / self.n
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "seed": self.seed, "rank": self.rank, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"loader state does not match this data (n={state['n']} seed={state['seed']} vs "
+                f"n={self.n} seed={self.seed}): was the store or the seed changed?"
+            )
+        self.close()
+        self.step = int(state["step"])
+
+    def close(self) -> None:
+        pass
+
+
+class InMemoryLoader(_ResumableLoader):
     """Whole shard in memory (CPU, pinned when a GPU is used; or resident on the GPU)."""
 
     def __init__(
@@ -120,31 +155,9 @@ class InMemoryLoader:
         b = Batch(*(t.index_select(0, idx) for t in (self._data.signal, self._data.lead_present, self._data.valid_length)))
         return b if self.device_resident else b.to(self.device, non_blocking=True)
 
-    __next__ = next
-
-    def __iter__(self):
-        return self
-
-    @property
-    def epoch(self) -> float:
-        return self.step * self.batch_size / self.n
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed, "rank": self.rank, "n": self.n}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"loader state does not match this data (n={state['n']} seed={state['seed']} vs "
-                f"n={self.n} seed={self.seed}): was the store or the seed changed?"
-            )
-        self.step = int(state["step"])
-
-    def close(self) -> None:
-        pass
 
 
-class StreamingLoader:
+class StreamingLoader(_ResumableLoader):
     """Whole chunks in random order, shuffled within a buffer of ``buffer_chunks`` chunks, read ahead by a
     background thread (zarr decompression releases the GIL, so reading overlaps the training step)."""
 
@@ -248,26 +261,6 @@ class StreamingLoader:
             item = Batch(*(t.pin_memory() for t in (item.signal, item.lead_present, item.valid_length)))
         return item.to(self.device, non_blocking=True)
 
-    __next__ = next
-
-    def __iter__(self):
-        return self
-
-    @property
-    def epoch(self) -> float:
-        return self.step * self.batch_size / self.n
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed, "rank": self.rank, "n": self.n}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"loader state does not match this data (n={state['n']} seed={state['seed']} vs "
-                f"n={self.n} seed={self.seed}): was the store or the seed changed?"
-            )
-        self.close()
-        self.step = int(state["step"])
 
     def close(self) -> None:
         if self._thread is not None:

@@ -110,7 +110,7 @@ PRESETS: dict[str, dict] = {
         "optim": {"max_steps": 200, "lr": 2e-3, "warmup_steps": 10},
         "run": {"log_every": 10, "ckpt_every": 100},
     },
-    # GPU-sized: ~38M params, 5 s crops, 1200 tokens (patch 25), bf16. Divided attention (time within a lead,
+    # GPU-sized: ~50M params, 5 s crops, 1200 tokens (patch 25), bf16. Divided attention (time within a lead,
     # then across the 12 leads at each instant) for the same reason as smoke: joint attention over all tokens
     # must first learn to align instants across leads, and on real records it barely reconstructed at all.
     "base": {

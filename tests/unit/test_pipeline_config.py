@@ -226,6 +226,6 @@ def test_demo_overrides_are_valid_keys_of_the_stage_configs():
     from ecgmodel.train.pretrain import build_config as pretrain_config
 
     demo = PipelineConfig.demo()
-    assert pretrain_config(demo.pretrain.preset, demo.pretrain.overrides).optim.max_steps == 60
+    assert pretrain_config(demo.pretrain.preset, demo.pretrain.overrides).run.ckpt_every == 50
     for task in demo.ablation.tasks:
         assert apply_overrides(FinetuneConfig(task=task), demo.ablation.overrides).optim.epochs == 5

@@ -38,3 +38,11 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def physionet_mirror(shared: Path) -> Path:
     return shared / "physionet"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Prefect stops its temporary server at interpreter exit and logs it at INFO; by then pytest has closed the
+    captured streams, so the record would end as a 'Logging error' traceback. Keep only warnings from here on."""
+    import logging
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)

@@ -61,13 +61,11 @@ def ablation_report(
 
     head = headline_mode(modes)
     metrics: dict[str, float] = {}
-    if not math.isnan(ltm[head]):
-        metrics["labels_to_match"] = ltm[head]
+    metrics["labels_to_match"] = ltm[head]  # NaN when SSL never reaches full-label random init
     for f, g in gain[head].items():
         metrics[f"gain_at_{metric_key(f)}"] = g
     for mode in modes:
-        if not math.isnan(ltm[mode]):
-            metrics[f"labels_to_match_{mode}"] = ltm[mode]
+        metrics[f"labels_to_match_{mode}"] = ltm[mode]
         for f, g in gain[mode].items():
             metrics[f"gain_{mode}_at_{metric_key(f)}"] = g
     if parent_run_id:
@@ -78,8 +76,8 @@ def ablation_report(
         client = MlflowClient()
         with MLFLOW_WRITE_LOCK:
             buf = MetricBuffer(parent_run_id, client)
-            # NaN is not stored: "never matched" shows as an absent metric plus the tag below
-            buf.add({k: v for k, v in metrics.items() if math.isfinite(v)}, 0)
+            # NaN is logged as NaN ("never matched"; MLflow stores it), and spelled out in the tag below
+            buf.add(metrics, 0)
             buf.flush()
             client.set_tag(parent_run_id, "ecgssl.ablation_metric", metric)
             client.set_tag(parent_run_id, "ecgssl.labels_to_match", f"{ltm[head]:g}" if math.isfinite(ltm[head]) else "never")

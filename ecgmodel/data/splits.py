@@ -57,11 +57,33 @@ def stratified_pick(y: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.
     return np.sort(picked)
 
 
+def recording_keys(records: pd.DataFrame) -> pd.Series:
+    """Identity of the underlying recording, the same across sources that repackage one database.
+
+    Challenge 2020 and 2021 both ship e.g. Georgia ``E00009`` and CPSC ``A0001`` under the same names, and the
+    Challenge's PTB-XL ``HR00001`` is PTB-XL's own ``00001_hr``: keyed by sub-database and record, so copies of
+    one recording from different sources fall into the same group. Without a ``database`` column the source
+    stands in for it."""
+    db = records["database"] if "database" in records.columns else records["source"]
+    db = db.astype(str).str.strip().str.lower()
+    rec = records["record"].astype(str).str.strip()
+    hr = rec.str.fullmatch(r"HR\d{5}") & (db == "ptb-xl")
+    rec = rec.where(~hr, rec.str[2:] + "_hr")
+    return "rec:" + db + ":" + rec
+
+
 def group_keys(records: pd.DataFrame) -> pd.Series:
-    """The patient a record belongs to: ``source:patient_id``, else ``source:record`` (one record = one patient)."""
+    """The patient a record belongs to, so that no patient (and no copy of a recording) spans two splits.
+
+    A record's group is its patient (``pid:<database>:<patient_id>``) when any copy of its recording carries a
+    patient id (PTB-XL's ``patient_id``), else the recording itself (one record = one patient)."""
+    rec_key = recording_keys(records)
     pid = records["patient_id"].astype(str).str.strip()
-    rec = records["source"].astype(str) + ":rec:" + records["record"].astype(str)
-    return (records["source"].astype(str) + ":pid:" + pid).where(pid != "", rec)
+    db = (records["database"] if "database" in records.columns else records["source"]).astype(str).str.lower()
+    patient = ("pid:" + db + ":" + pid).where(pid != "", "")
+    known = patient[patient != ""].groupby(rec_key[patient != ""]).first()  # recording -> its patient
+    linked = rec_key.map(known)
+    return linked.where(linked.notna(), rec_key).astype(str)
 
 
 def assign_splits(

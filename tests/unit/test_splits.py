@@ -108,3 +108,34 @@ def test_too_few_groups_is_a_clear_error():
     records = pd.DataFrame({"source": "x", "record": ["a", "b"], "patient_id": "", "fold": -1})
     with pytest.raises(ValueError, match="too few"):
         assign_splits(records, np.eye(2, dtype=bool))
+
+
+def test_copies_of_one_recording_from_two_sources_share_a_group_and_a_split():
+    """Challenge 2021 repackages Challenge 2020 databases under the same names, and the Challenge's PTB-XL
+    HRnnnnn is PTB-XL's nnnnn_hr: copies (and the patient they belong to) must never straddle splits."""
+    records = pd.DataFrame(
+        {
+            "source": ["challenge-2020", "challenge-2021", "challenge-2020", "ptb-xl", "ptb-xl", "challenge-2020"],
+            "database": ["georgia", "georgia", "ptb-xl", "ptb-xl", "ptb-xl", "cpsc_2018"],
+            "record": ["E00009", "E00009", "HR00001", "00001_hr", "00002_hr", "A0001"],
+            "patient_id": ["", "", "", "15709", "15709", ""],
+            "fold": -1,
+        }
+    )
+    g = group_keys(records)
+    assert g[0] == g[1]  # same Georgia recording from two sources
+    assert g[2] == g[3] == g[4]  # HR00001 = 00001_hr, whose patient also has 00002_hr
+    assert len({g[0], g[2], g[5]}) == 3
+    blocks = []
+    for i in range(30):  # 30 blocks of: one Georgia recording twice, one PTB-XL patient (3 rows), one CPSC record
+        block = records.copy()
+        block["record"] = [f"E{i:05d}", f"E{i:05d}", f"HR{10 * i + 1:05d}", f"{10 * i + 1:05d}_hr",
+                           f"{10 * i + 2:05d}_hr", f"A{i:04d}"]
+        block["patient_id"] = ["", "", "", str(i), str(i), ""]
+        blocks.append(block)
+    many = pd.concat(blocks, ignore_index=True)
+    y = np.random.default_rng(0).random((len(many), 4)) > 0.5
+    split = assign_splits(many, y, seed=1, val_fraction=0.2, test_fraction=0.2)
+    per_group = pd.DataFrame({"g": group_keys(many), "s": split}).groupby("g")["s"].nunique()
+    assert (per_group == 1).all()
+    assert group_keys(many).nunique() == 30 * 3  # georgia copy pair, ptb-xl patient, cpsc record per block

@@ -552,9 +552,13 @@ class StoreWriter:
         for col in self._columns.values():
             col.flush(partial=True)
         if self.durable:
+            folders: set[Path] = set()
             for col in self._columns.values():
                 for f in col.chunk_files(self.path):
                     _fsync_path(f)
+                    folders.add(Path(f).parent)
+            for folder in folders:  # the chunk files' renames, so the commit also survives a power loss
+                _fsync_path(folder)
         for col in self._columns.values():
             col.dirty.clear()
         keys = self._keys | self._pending_keys

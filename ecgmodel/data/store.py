@@ -23,7 +23,7 @@ How the store stays consistent when a writer is killed at any instant:
 * A rewritten tail chunk holds committed rows. zarr 3.1.6's ``LocalStore`` writes every chunk to a
   ``*.partial`` temp file and renames it over the old one (``zarr/storage/_local.py: _atomic_write``), so a
   kill leaves the old or the new chunk, never a torn one; both carry the same committed rows. Before the
-  manifest moves, the chunk files written since the last commit are fsynced, so a commit never points at
+  manifest moves, the chunk files written since the last commit (and their folders) are fsynced, so a commit never points at
   data still in flight. ``tests/unit/test_store.py`` kills writers with SIGKILL to check it.
 * The lock is an ``fcntl.flock`` on ``.writer.lock``: the kernel releases it when the holder dies, so a
   killed run never leaves a stale lock behind.

@@ -16,7 +16,8 @@ COMMAND_MODULES = [
     "flows.pretrain",   # pretrain
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
-    "flows.pipeline",   # pipeline, ui
+    "flows.cli_pipeline",  # pipeline
+    "flows.ui",         # ui
 ]
 
 

@@ -98,7 +98,8 @@ def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):
     from ecgmodel.data.convert import convert_sources
     from ecgmodel.data.download import download_source
     from ecgmodel.data.ingest_config import IngestConfig
-    from flows.pipeline import SAMPLE_MIRROR, pretrain_ddp_flow
+    from ecgmodel.pipeline_config import SAMPLE_MIRROR
+    from flows.pretrain import pretrain_ddp_flow
 
     monkeypatch.chdir(tmp_path)
     cfg = IngestConfig(sources=["ludb", "ptb-xl"], mirror=str(SAMPLE_MIRROR), store=str(tmp_path / "store.zarr"),

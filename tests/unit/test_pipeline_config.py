@@ -13,17 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from ecgmodel.config import config_hash
-from flows.pipeline import (
-    ALL_SOURCES,
-    SAMPLE_MIRROR,
-    PipelineConfig,
-    build_config,
-    load_config,
-    mlflow_run_link,
-    numeric_items,
-    render_summary,
-    table_records,
-)
+from ecgmodel.pipeline_config import ALL_SOURCES, SAMPLE_MIRROR, PipelineConfig, build_config, load_config
+from ecgmodel.report import mlflow_run_link, numeric_items, render_summary, table_records
 from tasks.pipeline import file_fingerprint, mirror_fingerprint, store_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -196,7 +187,7 @@ def _scored_codes():
 def test_ui_points_at_a_tracking_server_instead_of_starting_one(monkeypatch, capsys):
     import argparse
 
-    from flows.pipeline import _cmd_ui
+    from flows.ui import _cmd_ui
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
     assert _cmd_ui(argparse.Namespace(host="127.0.0.1", port=5000)) == 0

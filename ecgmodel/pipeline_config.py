@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ecgmodel.config import apply_overrides
 
@@ -130,11 +130,31 @@ class PipelineConfig(BaseModel):
     experiment: str = Field(
         "ecgssl-pipeline", description="MLflow experiment of the pipeline's own summary run."
     )
+    preset: Literal["default", "demo"] = Field(
+        "default",
+        description="Settings the other keys start from: `default` (all of PhysioNet, the GPU-sized `base` "
+        "pretraining) or `demo` (the bundled real sample, CPU-sized: minutes on 2 cores, as `ecgssl pipeline "
+        "--demo`). Keys given next to it override the preset's values, e.g. {\"preset\": \"demo\", "
+        "\"ablation\": {\"seeds\": 1}}.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "demo":
+            base = {name: section.model_dump() for name, section in cls._demo_sections().items()}
+            return _deep_merge(base, data)
+        return data
 
     @classmethod
     def demo(cls) -> PipelineConfig:
         """Small settings for the bundled sample: finishes in minutes on 2 CPU cores, no server needed."""
-        return cls(
+        return cls(preset="demo")
+
+    @staticmethod
+    def _demo_sections() -> dict[str, BaseModel]:
+        """The sections of the `demo` preset."""
+        return dict(
             ingest=IngestSection(
                 mirror=str(SAMPLE_MIRROR),
                 store=".demo/store.zarr",
@@ -168,6 +188,8 @@ def load_config(path: str | Path, base: PipelineConfig | None = None) -> Pipelin
         data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a pipeline config must be a mapping, got {type(data).__name__}")
+    if "preset" in data:  # the file's preset is where its other keys start from
+        base = PipelineConfig.model_validate({"preset": data["preset"]})
     merged = _deep_merge((base or PipelineConfig()).model_dump(), data)
     return PipelineConfig.model_validate(merged)
 
@@ -183,8 +205,13 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(demo: bool = False, config_file: str | None = None, overrides: list[str] | None = None):
-    """The config of a CLI invocation: defaults or the demo preset, then a file, then ``--set`` pairs."""
-    cfg = PipelineConfig.demo() if demo else PipelineConfig()
+    """The config of a CLI invocation: defaults or the demo preset, then a file, then ``--set`` pairs
+    (``--set preset=demo`` is the same as ``demo=True``)."""
+    overrides = list(overrides or [])
+    presets = [o.split("=", 1)[1].strip().strip("\"") for o in overrides if o.replace(" ", "").startswith("preset=")]
+    overrides = [o for o in overrides if not o.replace(" ", "").startswith("preset=")]
+    preset = presets[-1] if presets else "demo" if demo else "default"
+    cfg = PipelineConfig.model_validate({"preset": preset})
     if config_file:
         cfg = load_config(config_file, base=cfg)
     return apply_overrides(cfg, overrides or [])

@@ -44,11 +44,17 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+# the MLflow UI's query parameter for its model-training view (it otherwise may open an experiment in its GenAI view)
+MLFLOW_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def mlflow_run_link(uri: str, run_id: str | None, experiment_id: str | None = None) -> str:
-    """Markdown link to an MLflow run: a URL for a tracking server, the ``ecgssl ui`` URL for a local store."""
+    """Markdown link to an MLflow run in the UI's model-training view: a URL for a tracking server, the
+    ``ecgssl ui`` URL for a local store."""
     if not run_id:
         return "-"
     anchor = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"#/runs/{run_id}"
+    anchor += f"?{MLFLOW_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
         return f"[{run_id}]({uri.rstrip('/')}/{anchor})"
     return f"[{run_id}](http://127.0.0.1:5000/{anchor}) (start `ecgssl ui` first)"
@@ -64,12 +70,17 @@ def render_summary(
     flow_run_id: str | None,
     experiment_ids: dict[str, str | None] | None = None,
     seconds: dict[str, float] | None = None,
+    failures: list[str] | None = None,
 ) -> str:
-    """The markdown summary of one pipeline run (Prefect artifact, MLflow artifact, CLI output)."""
+    """The markdown summary of one pipeline run (Prefect artifact, MLflow artifact, CLI output).
+
+    ``failures``: one line per stage that failed (a source not fetched, fine-tuning cells that failed); they
+    head the summary, so a run that ends Failed says why where its numbers are shown."""
     exp = experiment_ids or {}
-    lines = [
-        "# ecgssl pipeline",
-        "",
+    lines = ["# ecgssl pipeline", ""]
+    if failures:
+        lines += ["**The run failed:**", ""] + [f"- {line}" for line in failures] + [""]
+    lines += [
         f"- config hash `{config_hash(cfg)}`; Prefect flow run `{flow_run_id or '-'}`",
         f"- store `{cfg.ingest.store}`: content hash `{ingested.get('store_hash', '-')}`, "
         f"{n_windows if n_windows is not None else '?'} windows from {', '.join(cfg.ingest.sources)}",
@@ -109,12 +120,27 @@ def render_summary(
     return "\n".join(lines)
 
 
-def table_records(summary_csv: str | None, max_rows: int = 500) -> list[dict[str, Any]]:
-    """The ablation summary CSV as JSON-safe row dicts (NaN -> None) for a Prefect table artifact."""
+SUMMARY_STAT_COLUMNS = ("mean", "std", "ci_low", "ci_high")
+
+
+def round_sig(value: Any, digits: int = 4) -> Any:
+    """``value`` rounded to ``digits`` significant digits when it is a finite float; other values unchanged."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def table_records(
+    summary_csv: str | None, metric: str | None = None, digits: int = 4, max_rows: int = 500
+) -> list[dict[str, Any]]:
+    """The ablation summary CSV as JSON-safe row dicts for a Prefect table artifact: NaN -> None, floats to
+    ``digits`` significant digits, and the statistics columns named after ``metric`` (``test_accuracy mean``)."""
     if not summary_csv or not Path(summary_csv).is_file():
         return []
     import pandas as pd
 
     frame = pd.read_csv(summary_csv).head(max_rows)
+    if metric:
+        frame = frame.rename(columns={c: f"{metric} {c}" for c in SUMMARY_STAT_COLUMNS if c in frame.columns})
     frame = frame.astype(object).where(frame.notna(), None)
-    return frame.to_dict(orient="records")
+    return [{k: round_sig(v, digits) for k, v in row.items()} for row in frame.to_dict(orient="records")]

@@ -16,10 +16,18 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"ecgssl pipeline: invalid configuration: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import PipelineFailed, pipeline_flow
 
-    result = pipeline_flow(cfg)
+    state = pipeline_flow(cfg, return_state=True)
     elapsed = time.perf_counter() - start
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, PipelineFailed):  # finished with a report, but some stage failed
+        result = outcome.result
+    elif isinstance(outcome, BaseException):
+        print(f"ecgssl pipeline: failed after {elapsed / 60:.1f} min: {outcome}", file=sys.stderr)
+        return 1
+    else:
+        result = outcome
     print()
     print(result["summary_markdown"])
     print(f"Finished in {elapsed / 60:.1f} min.")
@@ -28,6 +36,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"Browse the runs: {uri}")
     else:
         print(f"Browse the runs: ecgssl ui   (MLflow UI on http://127.0.0.1:5000 over {uri})")
+    if state.is_failed():
+        print(f"\necgssl pipeline: FAILED: {state.message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from ecgmodel.config import config_hash
 from ecgmodel.pipeline_config import (  # noqa: F401  (re-exported: the config lives in ecgmodel)
@@ -44,10 +45,63 @@ from tasks.pipeline import (
     store_fingerprint,
 )
 
+CELL_FAILURE_HINT = (
+    "cells fail most often when the labelled records are too few for the split: a localization class with fewer "
+    "than `min_class_records` records is merged into 'other', and fewer than 2 classes leave nothing to learn. "
+    "Lower `min_class_records` in the ablation overrides (CLI: --set "
+    "'ablation.overrides={\"min_class_records\": 3}'; deployment: config.ablation.overrides) or ingest more records; "
+    "every cell's error is in the ablation's cells.csv and in this run's log"
+)
+
+
+class PipelineFailed(RuntimeError):
+    """A pipeline run that finished its report but whose stages did not all succeed (``.result``: the report)."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = result or {}
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.result))
+
+
+def source_failures(ingested: dict[str, Any], cfg: PipelineConfig) -> list[str]:
+    """One line per source that could not be fetched, naming the settings that decide it."""
+    return [
+        f"ingest: source `{slug}` could not be fetched from `{cfg.ingest.mirror}` ({reason}). Check the mirror "
+        "(`ingest.mirror`) and the network, or leave the source out (`ingest.sources`)."
+        for slug, reason in (ingested.get("failed_sources") or {}).items()
+    ]
+
+
+def cell_failures(name: str, res: dict[str, Any]) -> str | None:
+    """The line for an ablation whose fine-tuning cells failed (None when all succeeded)."""
+    failed = int(res.get("n_failed") or 0)
+    if not failed:
+        return None
+    first = _first_cell_error(res.get("summary_csv"))
+    return (f"ablation `{name}`: {failed} of {res.get('n_cells', '?')} fine-tuning cells failed"
+            + (f" (first error: {first})" if first else "") + f". {CELL_FAILURE_HINT}.")  # fmt: skip
+
+
+def _first_cell_error(summary_csv: str | None) -> str | None:
+    cells = Path(summary_csv).parent / "cells.csv" if summary_csv else None
+    if cells is None or not cells.is_file():
+        return None
+    import pandas as pd
+
+    frame = pd.read_csv(cells)
+    errors = frame["error"].dropna() if "error" in frame.columns else []
+    return str(errors.iloc[0])[:300] if len(errors) else None
+
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
-    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes."""
+    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes.
+
+    Ends Failed (after writing its report) when a source could not be fetched or an ablation's fine-tuning cells
+    failed; the state message says which, and which setting decides it.
+    """
     from ecgmodel.tracking import tracking_uri
 
     cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
@@ -57,16 +111,26 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     logger.info("pipeline config %s (hash %s); MLflow at %s", cfg.model_dump_json(), config_hash(cfg), uri)
 
     seconds: dict[str, float] = {}
+    failures: list[str] = []
     t0 = time.perf_counter()
 
     # 1. ingest: keyed on the config and the mirror's checksum listings
     ingest_cfg = cfg.ingest.model_dump()
     mirror_state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
-    ingested = ingest_stage(ingest_cfg, mirror_state)
+    state = ingest_stage(ingest_cfg, mirror_state, return_state=True)
+    ingested = state.result()
     if store_fingerprint(cfg.ingest.store) != ingested.get("store_hash"):
         logger.warning("store %s does not match the cached ingest result: ingesting again", cfg.ingest.store)
         ingested = ingest_stage.with_options(refresh_cache=True)(ingest_cfg, mirror_state)
-    store_hash = ingested["store_hash"]
+    elif ingested.get("failed_sources") and state.name == "Cached":
+        logger.warning("the cached ingest result has failed sources: fetching them again")
+        ingested = ingest_stage.with_options(refresh_cache=True)(ingest_cfg, mirror_state)
+    failures += source_failures(ingested, cfg)
+    store_hash = ingested.get("store_hash")
+    if not store_hash:
+        raise RuntimeError(
+            f"ingest left no committed store at {cfg.ingest.store}: nothing to pretrain on. " + " ".join(failures)
+        )
     seconds["ingest"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 2. pretrain: keyed on the config and the store's content hash
@@ -86,35 +150,57 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
             raise FileNotFoundError(f"pretraining finished but its encoder file {encoder!r} does not exist")
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
-    # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI
+    # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI. A failed
+    # ablation does not stop the other one; the run ends Failed after its report.
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
         ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir"})
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
         args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
-        res = ablation_stage.with_options(name=f"ablation-{name}")(*args)
-        csv = res.get("summary_csv")
-        if not mlflow_run_exists(res.get("parent_run_id"), uri) or not (csv and Path(csv).is_file()):
-            logger.warning("results of the cached %s ablation are gone: running it again", name)
-            res = ablation_stage.with_options(name=f"ablation-{name}", refresh_cache=True)(*args)
-        ablations[name] = res
+        stage = ablation_stage.with_options(name=f"ablation-{name}")
+        state = stage(*args, return_state=True)
+        res = state.result(raise_on_failure=False) if state.is_completed() else None
+        if res is not None and state.name == "Cached":
+            csv = res.get("summary_csv")
+            gone = not mlflow_run_exists(res.get("parent_run_id"), uri) or not (csv and Path(csv).is_file())
+            if gone or res.get("n_failed"):
+                logger.warning("the cached %s ablation is %s: running it again", name,
+                               "gone" if gone else "incomplete")  # fmt: skip
+                state = stage.with_options(refresh_cache=True)(*args, return_state=True)
+                res = state.result(raise_on_failure=False) if state.is_completed() else None
+        if res is None:
+            message = state.message or str(state.result(raise_on_failure=False))
+            failures.append(f"ablation `{name}` failed: {message}"
+                            + ("" if "min_class_records" in message else f". {CELL_FAILURE_HINT}."))  # fmt: skip
+            ablations[name] = {"error": message}
+        else:
+            ablations[name] = res
+            line = cell_failures(name, res)
+            if line:
+                failures.append(line)
         seconds[f"ablation-{name}"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 4. report: Prefect artifacts + one MLflow pipeline run linking everything
     n_windows = _store_windows(cfg.ingest.store)
-    exp_ids = experiment_ids(uri, [pretrained.get("run_id")] + [r.get("parent_run_id") for r in ablations.values()])
-    summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds)
-    pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash)
+    parents = [r.get("parent_run_id") for r in ablations.values()]
+    exp_ids = experiment_ids(uri, [pretrained.get("run_id"), *parents])
+    summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds,
+                             failures=failures)  # fmt: skip
+    pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash,
+                                       failed=bool(failures))  # fmt: skip
     pipeline_link = mlflow_run_link(uri, pipeline_run_id, experiment_ids(uri, [pipeline_run_id])[pipeline_run_id])
     summary += f"\nPipeline summary run in MLflow: {pipeline_link}\n"
     create_markdown_artifact(summary, key="pipeline-summary", description="ecgssl pipeline headline numbers")
     for name, res in ablations.items():
-        rows = table_records(res.get("summary_csv"))
+        metric = res.get("metric")
+        rows = table_records(res.get("summary_csv"), metric=metric)
         if rows:
-            create_table_artifact(rows, key=f"ablation-{name}", description=f"{name} label-fraction ablation")
+            create_table_artifact(rows, key=f"ablation-{name}",
+                                  description=f"{name} label-fraction ablation: {metric} over seeds "
+                                  "(mean, std, 95% CI) per mode, init and label fraction")  # fmt: skip
 
-    return {
+    result = {
         "config_hash": config_hash(cfg),
         "tracking_uri": uri,
         "store": cfg.ingest.store,
@@ -127,7 +213,13 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         "pipeline_run_id": pipeline_run_id,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "summary_markdown": summary,
+        "failures": failures,
     }
+    if failures:
+        message = f"{len(failures)} problem(s): " + " | ".join(failures)
+        logger.error("pipeline failed: %s", message)
+        return Failed(message=message, data=PipelineFailed(message, result))
+    return result
 
 
 def _store_windows(store: str) -> int | None:

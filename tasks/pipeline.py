@@ -119,6 +119,7 @@ def log_pipeline_run(
     ablations: dict[str, dict[str, Any]],
     flow_run_id: str | None,
     encoder_hash: str | None,
+    failed: bool = False,
 ) -> str:
     """One MLflow run per pipeline run: params, tags linking every stage's runs, headline metrics, summary."""
     from mlflow.entities import Metric, Param
@@ -158,5 +159,5 @@ def log_pipeline_run(
         run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
     )
     client.log_text(run_id, summary_md, "summary.md")
-    client.set_terminated(run_id)
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
     return run_id

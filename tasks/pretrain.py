@@ -35,10 +35,12 @@ def pretrain_task(
     from prefect.runtime import flow_run
 
     from ecgmodel.train.pretrain import build_config, train
+    from tasks.progress import ProgressArtifact
 
     cfg = build_config(preset, overrides)
+    progress = ProgressArtifact("pretrain-progress", "pretraining steps")
     # a Prefect retry always resumes: the first attempt's checkpoint is this run's own progress
-    result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id())
+    result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id(), on_progress=progress)
     return {k: v for k, v in result.items() if k != "history"}
 
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,12 @@ def train(
     flow_run_id: str | None = None,
     tracking_uri: str | None = None,
     stop_after: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Pretrain on ``store``; checkpoints and the encoder go to ``out``. ``stop_after`` ends this call after that
-    many steps (as an interruption would) without the end-of-run artifacts. Returns a summary dict."""
+    many steps (as an interruption would) without the end-of-run artifacts. ``on_progress(step, max_steps)`` is
+    called on the main process at the start and after every step (an orchestrator throttles and shows it).
+    Returns a summary dict."""
     info = distributed.setup(cfg.run.device)
     device = info.device
     out = Path(out)
@@ -281,6 +285,8 @@ def train(
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=cfg.optim.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    if on_progress is not None and info.is_main:
+        on_progress(step, cfg.optim.max_steps)
     raw.train()
     while step < end:
         t0 = time.perf_counter()
@@ -321,6 +327,8 @@ def train(
             n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
         if pbar is not None:
             pbar.update(1)
+        if on_progress is not None and info.is_main:
+            on_progress(step, cfg.optim.max_steps)
         if step % cfg.run.ckpt_every == 0 or step == end:
             checkpoint()
     if pbar is not None:
@@ -375,13 +383,38 @@ def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, 
         mlflow.log_artifact(str(out / "config.json"), artifact_path="encoder")
     result = {"encoder_uri": f"runs:/{run_id}/encoder"}
     if cfg.run.register_model:
-        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model)
+        tags = mlflow.get_run(run_id).data.tags
+        meta = encoder_version_metadata(cfg, tags.get("ecgssl.store_hash"), ev["metrics"], run_id)
+        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model, **meta)
     return result
 
 
-def register_encoder(run_id: str, name: str = "ecgssl-encoder") -> str:
-    """Register the run's ``encoder/`` artifact directory as a new version of model ``name``;
-    returns ``models:/<name>/<version>`` (``load_encoder`` reads it back as an :class:`Encoder`)."""
+def encoder_version_metadata(
+    cfg: PretrainConfig, store_hash: str | None, metrics: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """Description and tags of a registered encoder version: what it was trained on, how, and how well."""
+    finite = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}  # fmt: skip
+    pretext = {"joint": "masked reconstruction + lead-order prediction", "mask": "masked reconstruction",
+               "shuffle": "lead-order prediction"}.get(cfg.ssl.mode, cfg.ssl.mode)  # fmt: skip
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(finite.items())) or "-"
+    description = (
+        f"Self-supervised ECG encoder ({pretext}), {cfg.optim.max_steps} steps on store {store_hash or 'unknown'}; "
+        f"config {config_hash(cfg)}, MLflow run {run_id}. Final metrics: {shown}. "
+        "Load with ecgmodel.train.checkpoint.load_encoder."
+    )
+    tags = {"ecgssl.store_hash": store_hash or "unknown", "ecgssl.config_hash": config_hash(cfg),
+            "ecgssl.pretext": cfg.ssl.mode, "ecgssl.steps": str(cfg.optim.max_steps),
+            "ecgssl.d_model": str(cfg.encoder.d_model)}  # fmt: skip
+    tags.update({f"ecgssl.metric.{k}": f"{v:.6g}" for k, v in finite.items()})
+    return {"description": description, "tags": tags}
+
+
+def register_encoder(
+    run_id: str, name: str = "ecgssl-encoder", description: str | None = None, tags: dict[str, str] | None = None
+) -> str:
+    """Register the run's ``encoder/`` artifact directory as a new version of model ``name`` (with ``description``
+    and ``tags``); returns ``models:/<name>/<version>`` (``load_encoder`` reads it back as an :class:`Encoder`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -397,7 +430,7 @@ def register_encoder(run_id: str, name: str = "ecgssl-encoder") -> str:
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise
-        mv = client.create_model_version(name, source=source, run_id=run_id)
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
     return f"models:/{name}/{mv.version}"
 
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from types import FrameType
 
 STOP_GRACE_S = 20.0
@@ -26,6 +27,13 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> int:
@@ -68,16 +76,26 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        # only signal here: waiting inside a handler could deadlock with the interrupted wait below
         received.append(signum)
-        stop_group(proc, signal.SIGTERM)
+        _signal_group(proc, signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        code = proc.wait()
+        deadline = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + STOP_GRACE_S
+                if deadline is not None and time.monotonic() > deadline:
+                    _signal_group(proc, signal.SIGKILL)
     finally:
-        stop_group(proc)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        stop_group(proc)  # also on an exception above; sweeps workers left behind by their parent
     if received:
         return 0 if received[0] == signal.SIGINT else 128 + received[0]
     return code

@@ -197,14 +197,14 @@ def final_state(stack, flow_run_id: str) -> dict:
 
 
 def artifacts(stack, **flt) -> list[dict]:
-    body = {"sort": "CREATED_ASC", "limit": 200}
+    body = {"sort": "CREATED_DESC", "limit": 200}
     if "flow_run_id" in flt:
         body["artifacts"] = {"flow_run_id": {"any_": [flt["flow_run_id"]]}}
     if "key" in flt:
         body["artifacts"] = {"key": {"any_": [flt["key"]]}}
     resp = requests.post(f"{stack['prefect']}/artifacts/filter", json=body, timeout=10)
     assert resp.status_code == 200, resp.text
-    return resp.json()
+    return resp.json()[::-1]  # oldest first
 
 
 def subflow_runs(stack, parent_flow_run_id: str) -> list[dict]:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
@@ -237,11 +236,8 @@ def train(
         return {**json.loads(result_path.read_text()), "history": []}
     if info.is_main:
         result_path.unlink(missing_ok=True)
-    model = torch.compile(raw) if cfg.run.compile else raw
-    if info.enabled:
-        unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=unused)
+    unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
+    model = distributed.wrap_model(raw, info, compile=cfg.run.compile, find_unused_parameters=unused)
 
     mlflow_run = None
     if cfg.run.mlflow and info.is_main:

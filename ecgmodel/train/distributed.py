@@ -17,6 +17,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun (a process group exists, even for a single process)
 
     @property
     def is_main(self) -> bool:
@@ -24,7 +25,9 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """DDP in use: several processes, or one process launched by torchrun (DDP and NCCL/gloo then run as
+        they would with more, which is how one GPU checks the multi-process path)."""
+        return self.world_size > 1 or self.launched
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -37,16 +40,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1), else single process."""
+    """Initialise the process group when launched by torchrun (its rendezvous variables are set, any number of
+    processes), else run as a single plain process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local)
-    if world > 1 and not dist.is_initialized():
+    launched = world > 1 or all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"))
+    if launched and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, local, dev, launched)
 
 
 def wrap_model(

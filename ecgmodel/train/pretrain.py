@@ -211,7 +211,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for fp16 configs
     step, run_id = 0, None
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied to the device
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         saved = PretrainConfig.model_validate(ckpt["config"])
         if saved.encoder != cfg.encoder or saved.ssl != cfg.ssl:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with another encoder/ssl config; "

@@ -171,7 +171,7 @@ def profile_step(bench: Bench, loader, trace_path: Path) -> dict[str, Any]:
     kernels = [e for e in events if self_us(e) > 0 and (not on_gpu or e.device_type.name == "CUDA")]
     total = sum(self_us(e) for e in kernels) or 1.0
     top = sorted(kernels, key=self_us, reverse=True)[:12]
-    attention = sorted({e.key for e in events if any(k in e.key.lower() for k in ATTENTION_KERNEL_KEYS)})
+    attention = sorted({e.key[:160] for e in events if any(k in e.key.lower() for k in ATTENTION_KERNEL_KEYS)})
     optim = sum(self_us(e) for e in kernels if any(k in e.key.lower() for k in ("adam", "foreach", "clip")))
     copies = sum(self_us(e) for e in kernels if any(k in e.key.lower() for k in ("copy", "transpose", "contiguous")))
     syncs = {e.key: int(e.count) for e in events if any(e.key.startswith(s.strip()) for s in SYNC_EVENTS)}
@@ -270,10 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=None, metavar="DIR", help="profile one step per mode, traces in DIR")
     ap.add_argument("--out", default=None, help="append each run as a JSON line to this file")
     ap.add_argument("--rows", default=None, metavar="JSONL", help="print markdown table rows of a --out file")
+    ap.add_argument("--make-store", default=None, metavar="DST",
+                    help="only write the store the runs would read (--store tiled to --windows, or synthetic) to DST")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     if args.rows:
         print(markdown_rows(Path(args.rows)))
+        return 0
+    if args.make_store:
+        dst = Path(args.make_store)
+        if args.store is None:
+            make_synthetic_store(dst, n=args.windows, window_samples=5000, chunk_windows=64)
+        else:
+            tile_store(args.store, dst, max(args.windows, open_store(args.store).n))
+        print(json.dumps({"store": str(dst), "windows": open_store(dst).n, "from": args.store or "synthetic"}))
         return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -148,9 +148,39 @@ def test_compiled_model_agrees_with_eager(device, store):
     loss_c, g_c = _loss_and_grads(compiled, batch, cfg)
     assert torch.isfinite(loss_c)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)
+    assert (g_c - g_e).norm() <= 1e-4 * g_e.norm(), float((g_c - g_e).norm() / g_e.norm())
     if device.type == "cuda":  # and in bf16, within bf16's precision
         cfg16 = apply_overrides(cfg, {"run.dtype": "bfloat16"})
         loss_e16, _ = _loss_and_grads(eager, batch, cfg16)
         loss_c16, _ = _loss_and_grads(compiled, batch, cfg16)
         assert abs(loss_c16 - loss_e16) <= 0.02 * abs(loss_e16)
+
+
+def test_training_step_makes_no_host_sync(device, store):
+    """loader.next() + pretext step + backward + clipping + fused AdamW, as in the training loop, never wait for
+    the GPU (CUDA's sync debug mode raises on any synchronising call; on the CPU the same step just runs)."""
+    from ecgmodel.train.pretrain import param_groups
+
+    cfg = model_cfg(device)
+    model = PretrainModel(build_encoder(cfg.encoder), cfg.ssl.mode).to(device)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3, fused=device.type == "cuda")
+    loader = InMemoryLoader(store, 16, device, device_resident=True)  # 96 windows: 6 batches per epoch
+    gen = torch.Generator(device=device).manual_seed(0)
+    loader.next()  # the epoch's permutation goes to the device once, here
+    acc = torch.zeros((), device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            b = loader.next()
+            out = pretext_step(model, b.signal, b.lead_present, b.valid_length, cfg, gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            acc += out["loss"].detach()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(acc)

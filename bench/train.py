@@ -238,16 +238,22 @@ def prepare_store(args, tmp: Path, batch_sizes: list[int]) -> tuple[Path, str]:
 
 def markdown_rows(jsonl: Path) -> str:
     """Rows for the GPU table of docs/performance.md from a ``--out`` file."""
+    import re
+
+    def si(x: float) -> str:
+        return next(f"{x / d:.3g} {u}" for d, u in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")) if x >= d)
+
     lines = []
     for ln in jsonl.read_text().splitlines():
         r = json.loads(ln)
+        r["command"] = re.sub(r"\s--store \S+", " --store STORE", re.sub(r"\s--(out|profile) \S+", "", r["command"]))
         if "error" in r:
             lines.append(f"| {r.get('device', '?')} | {r['mode']} | {r['loader']} | {r['batch_size']} | "
                          f"failed: {r['error'][:60]} | | | | | | | |")  # fmt: skip
             continue
         lines.append(
             f"| {r['device']} | {r['mode']} | {r['loader']} | {r['batch_size']} | {r['samples_per_s']:.0f} | "
-            f"{r['tokens_per_s'] / 1e6:.2f} M | {r['flop_per_step'] / 1e12:.2f} T | {100 * r['mfu']:.1f} % | "
+            f"{si(r['tokens_per_s'])} | {si(r['flop_per_step'])} | {100 * r['mfu']:.1f} % | "
             f"{r.get('peak_mem_gib', '-')} | {100 * r['data_wait_frac']:.1f} % | {r['torch']} / {r['cuda']} | "
             f"`{r['command']}` |"
         )

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
@@ -216,7 +215,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for fp16 configs
     step, run_id = 0, None
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied to the device
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         saved = PretrainConfig.model_validate(ckpt["config"])
         if saved.encoder != cfg.encoder or saved.ssl != cfg.ssl:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with another encoder/ssl config; "
@@ -241,11 +241,8 @@ def train(
         return {**json.loads(result_path.read_text()), "history": []}
     if info.is_main:
         result_path.unlink(missing_ok=True)
-    model = torch.compile(raw) if cfg.run.compile else raw
-    if info.enabled:
-        unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=unused)
+    unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
+    model = distributed.wrap_model(raw, info, compile=cfg.run.compile, find_unused_parameters=unused)
 
     mlflow_run = None
     if cfg.run.mlflow and info.is_main:

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "flows.pretrain",   # pretrain
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
+    "flows.embed",      # embed
     "flows.pipeline",   # pipeline, ui
 ]
 

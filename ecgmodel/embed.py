@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -99,17 +100,20 @@ def embed_store(
     *,
     random_arch: EncoderConfig | dict | str | Path | None = None,
     seed: int = 0,
-    pooling: Pooling = DEFAULT_POOLING,
+    pooling: Pooling | Sequence[Pooling] = DEFAULT_POOLING,
     batch_size: int = 256,
     device: str = "cpu",
     threads: int | None = None,
     min_std_uv: float = 10.0,
-) -> pd.DataFrame:
-    """One row per record of ``store`` (module docstring). Give ``encoder`` (a reference) or ``random_arch``."""
+) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """One row per record of ``store`` (module docstring). Give ``encoder`` (a reference) or ``random_arch``.
+    With a sequence of poolings the encoder runs once and a ``{pooling: table}`` dict comes back."""
     if (encoder is None) == (random_arch is None):
         raise ValueError("give exactly one of encoder (a trained encoder reference) or random_arch (--random)")
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+    pools = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    for p in pools:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling {p!r}; choose one of {list(POOLINGS)}")
     if threads:
         torch.set_num_threads(threads)
     if encoder is not None:
@@ -140,7 +144,8 @@ def embed_store(
             take = len(rows) if final else batch_size
             x = standardize(torch.from_numpy(xs[:take]).to(device), min_std_uv)
             lp = torch.from_numpy(present[rows[:take]]).to(device)
-            f = pool(enc(x), lp, pooling).float().cpu().numpy()
+            tok = enc(x)
+            f = torch.cat([pool(tok, lp, p) for p in pools], dim=1).float().cpu().numpy()
             if feats is None:
                 feats = np.empty((len(crop_row), f.shape[1]), dtype=np.float32)
             feats[done : done + take] = f
@@ -169,7 +174,7 @@ def embed_store(
     _, first_row = np.unique(rec_code, return_index=True)  # codes are 0..n_rec-1, so this is in code order
     first = meta.iloc[first_row].reset_index(drop=True)
     fold = first["fold"].astype(int).to_numpy()
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "record": first["record"].astype(str).to_numpy(),
         "source": first["source"].astype(str).to_numpy(),
         "database": first["database"].astype(str).to_numpy(),
@@ -179,8 +184,15 @@ def embed_store(
         "dx": first["dx"].astype(str).to_numpy(),
         "n_windows": np.bincount(rec_code, minlength=n_rec),
         "n_crops": counts,
-        "vector": list(vectors),
     })
+    if isinstance(pooling, str):
+        return table.assign(vector=list(vectors))
+    dims = np.cumsum([0] + [_pool_dim(p, cfg) for p in pools])
+    return {p: table.assign(vector=list(vectors[:, dims[i] : dims[i + 1]])) for i, p in enumerate(pools)}
+
+
+def _pool_dim(pooling: str, cfg: EncoderConfig) -> int:
+    return {"mean": 1, "mean-max": 2, "lead-mean": cfg.n_leads}[pooling] * cfg.d_model
 
 
 def write_embeddings(table: pd.DataFrame, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_store import bundled_store
 
-from ecgmodel.data.signal import harmonise
-from ecgmodel.data.store import StoreWriter, WindowBatch, open_store
-from ecgmodel.data.wfdb_io import read_header, read_signal
+from ecgmodel.data.store import open_store
 from ecgmodel.embed import (
     crop_starts,
     embed_store,
@@ -22,24 +21,13 @@ from ecgmodel.embed import (
 )
 from ecgmodel.train.checkpoint import save_encoder
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "physionet"
 ARCH = {"input_samples": 1000, "patch_size": 50, "d_model": 16, "n_layers": 1, "n_heads": 2, "attention": "divided"}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """The bundled 500 Hz records (ptb at 1000 Hz is resampled; its long record gives several windows)."""
-    heads = sorted(p for p in DATA.rglob("*.hea") if "records100" not in p.parts)
-    path = tmp_path_factory.mktemp("embed") / "store"
-    with StoreWriter(path, fs=500, window_samples=5000, chunk_windows=4, meta_chunk=64, durable=False) as w:
-        for i, h in enumerate(heads):
-            header = read_header(h.with_suffix(""), h.stem)
-            hm = harmonise(read_signal(header, h.parent, h.stem), header.sig_name, header.fs, max_windows=3)
-            w.append(WindowBatch.for_record(hm.signal, hm.lead_present, hm.window_start, hm.valid_length, hm.qc,
-                                            record=h.stem, source="test", database=h.parts[-3], dx=["NORM"],
-                                            fold=(i % 10) + 1))  # fmt: skip
-        w.commit(sources={"test": {"version": "1", "base_url": "", "records": len(heads)}}, quarantine=[])
-    return path
+    """The bundled records (ptb at 1000 Hz is resampled; its long record gives several windows)."""
+    return bundled_store(tmp_path_factory.mktemp("embed") / "store")
 
 
 def test_crop_starts_cover_the_valid_part():
@@ -146,3 +134,10 @@ def test_parquet_file_round_trip(store, tmp_path):
         embed_to_file(store, tmp_path / "x.parquet")
     write_embeddings(t.assign(vector=list(X)), tmp_path / "again.parquet")
     assert np.array_equal(read_embeddings(tmp_path / "again.parquet")[1], X)
+
+
+def test_several_poolings_in_one_pass_match_single_runs(store):
+    both = embed_store(store, random_arch=ARCH, seed=0, pooling=["mean", "lead-mean"])
+    for p in ("mean", "lead-mean"):
+        one = embed_store(store, random_arch=ARCH, seed=0, pooling=p)
+        np.testing.assert_allclose(np.stack(both[p]["vector"]), np.stack(one["vector"]), rtol=1e-5, atol=1e-6)

@@ -73,7 +73,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining of the encoder on a store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--store", required=True, help="path of the ecgssl store")
-    p.add_argument("--preset", choices=["smoke", "base"], default="smoke", help="smoke (CPU) or base (GPU)")
+    p.add_argument("--preset", choices=["smoke", "cpu", "base"], default="smoke",
+                   help="smoke (tests, demo), cpu (~15 min on 2 cores) or base (GPU)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="PretrainConfig override, e.g. --set optim.max_steps=500 (repeatable)")  # fmt: skip
     p.add_argument("--out", default="runs/pretrain", help="checkpoint directory (resumed when it has one)")

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
@@ -30,7 +29,7 @@ from ecgmodel.data.transforms import to_model_input
 from ecgmodel.models.encoder import build_encoder
 from ecgmodel.models.heads import PretrainModel
 from ecgmodel.ssl.losses import lead_accuracy, lead_cross_entropy, masked_mse
-from ecgmodel.ssl.masking import random_span_mask
+from ecgmodel.ssl.masking import all_lead_mask, span_mask
 from ecgmodel.ssl.shuffle import apply_lead_permutation, random_lead_permutation
 from ecgmodel.train import distributed
 from ecgmodel.train.checkpoint import (
@@ -84,8 +83,12 @@ def pretext_step(
     gen: torch.Generator,
     crop_mode: str = "random",
     shuffle_prob: float | None = None,
+    mask_mode: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Forward pass of both pretext tasks on one int16 batch; returns losses and what the plots need."""
+    """Forward pass of both pretext tasks on one int16 batch; returns losses and what the plots need.
+
+    ``recon_alllead`` is the reconstruction error on the patches hidden in every present lead at once (the part
+    of the temporal task that lead algebra cannot solve); ``mask_mode`` overrides ``cfg.ssl.mask_mode``."""
     ssl, enc = cfg.ssl, cfg.encoder
     x = to_model_input(signal, enc.input_samples, crop_mode, valid_length, gen, cfg.data.min_std_uv)
     B, L, T = x.shape
@@ -102,7 +105,8 @@ def pretext_step(
         out["lead_target"] = src
     mask = None
     if ssl.mode in ("joint", "mask"):
-        mask = random_span_mask(B, L, P, (ssl.mask_ratio_min, ssl.mask_ratio_max), ssl.mask_span, gen, x.device)
+        mask = span_mask(B, L, P, (ssl.mask_ratio_min, ssl.mask_ratio_max), ssl.mask_span,
+                         mask_mode or ssl.mask_mode, ssl.mask_time_share, gen, x.device)
     inp = x
     if mask is not None and ssl.mask_fill == "zero":
         inp = x.view(B, L, P, -1).masked_fill(mask[..., None], 0.0).view(B, L, T)
@@ -111,6 +115,7 @@ def pretext_step(
     loss = x.new_zeros(())
     if recon is not None:
         out["recon_loss"] = masked_mse(recon, x, mask, weight)
+        out["recon_alllead"] = masked_mse(recon, x, all_lead_mask(mask, weight > 0), weight)
         loss = loss + out["recon_loss"]
         out["recon"], out["mask"] = recon.detach(), mask
     if logits is not None:
@@ -154,7 +159,9 @@ def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_
 
 @torch.no_grad()
 def evaluate(model, loader, cfg: PretrainConfig, device: torch.device, batches: int = 4) -> dict[str, Any]:
-    """Deterministic pretext evaluation (centre crop, every sample shuffled, fixed mask seed)."""
+    """Deterministic pretext evaluation (centre crop, every sample shuffled, fixed mask seed). With a
+    reconstruction head, ``eval_recon_time`` is the error under a same-time mask whatever the training mask,
+    so runs with different mask modes compare on the task lead algebra cannot solve."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(12345)
     cm = np.zeros((cfg.encoder.n_leads, cfg.encoder.n_leads), dtype=np.int64)
@@ -172,6 +179,10 @@ def evaluate(model, loader, cfg: PretrainConfig, device: torch.device, batches: 
             np.add.at(cm, (true, pred), 1)
         if first is None:
             first = out
+        if cfg.ssl.mode != "shuffle":
+            tout = pretext_step(model, b.signal, b.lead_present, b.valid_length, cfg, gen, "center",
+                                shuffle_prob=1.0, mask_mode="time")
+            sums["recon_time"] = sums.get("recon_time", 0.0) + float(tout["recon_loss"]) / batches
     model.train()
     return {"metrics": {f"eval_{k}": v for k, v in sums.items()}, "confusion": cm, "example": first}
 
@@ -216,7 +227,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for fp16 configs
     step, run_id = 0, None
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied to the device
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         saved = PretrainConfig.model_validate(ckpt["config"])
         if saved.encoder != cfg.encoder or saved.ssl != cfg.ssl:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with another encoder/ssl config; "
@@ -241,11 +253,8 @@ def train(
         return {**json.loads(result_path.read_text()), "history": []}
     if info.is_main:
         result_path.unlink(missing_ok=True)
-    model = torch.compile(raw) if cfg.run.compile else raw
-    if info.enabled:
-        unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=unused)
+    unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
+    model = distributed.wrap_model(raw, info, compile=cfg.run.compile, find_unused_parameters=unused)
 
     mlflow_run = None
     if cfg.run.mlflow and info.is_main:
@@ -277,6 +286,7 @@ def train(
     end = cfg.optim.max_steps if stop_after is None else min(cfg.optim.max_steps, step + stop_after)
     history: list[dict[str, float]] = []
     keys = [k for k, on in (("loss", True), ("recon_loss", cfg.ssl.mode != "shuffle"),
+                            ("recon_alllead", cfg.ssl.mode != "shuffle" and cfg.ssl.mask_mode != "lead"),
                             ("lead_ce", cfg.ssl.mode != "mask"), ("lead_acc", cfg.ssl.mode != "mask")) if on]
     acc = torch.zeros(len(keys), device=device)
     n_acc, t_data, t_last = 0, 0.0, time.perf_counter()

@@ -141,6 +141,8 @@ def stack(tmp_path_factory):
             svc.stop()
 
 
+# one fine-tuning schedule: no per-init schedule tuning runs (each cell is then exactly one MLflow child run)
+ONE_SCHEDULE = {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}
 DEPLOYMENTS = {"pipeline", "pipeline-demo", "ingest", "pretrain", "pretrain-ddp", "ablation"}
 
 
@@ -243,6 +245,7 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack, deployed):
         "task": "localization", "store": stack["store"], "encoder": stack["encoder"], "fractions": [1.0],
         "seeds": 1, "modes": ["full"], "inits": ["random", "ssl"], "max_concurrent": 1,
         "overrides": {"optim.epochs": 1, "min_class_records": 2}, "out_dir": str(tmp / "ablation"),
+        "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50,
     }
     flow_run_id = trigger(env, "ablation/ablation", params)
 
@@ -373,7 +376,8 @@ def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, dep
     # an ablation whose cells all fail (no class keeps 10,000 records) ends Failed, naming the setting
     params = {"task": "localization", "store": str(demo / "store.zarr"), "encoder": encoder, "fractions": [1.0],
               "seeds": 1, "modes": ["full"], "inits": ["random"], "max_concurrent": 1,
-              "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing")}
+              "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing"),
+              "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50}
     failing_run = trigger(env, "ablation/ablation", params)
     worker = work_once(stack, "cpu", "worker-failing-ablation")
     state = final_state(stack, failing_run)

@@ -56,6 +56,20 @@ class DataConfig(_Strict):
     buffer_chunks: int = Field(4, ge=1, description="Chunks shuffled together by the streaming loader.")
     prefetch: int = Field(4, ge=1, description="Batches read ahead by the streaming loader's thread.")
     min_std_uv: float = Field(10.0, gt=0, description="Floor of the per-lead std in standardisation (uV).")
+    splits: list[Literal["train", "val", "test", "unused"]] = Field(
+        ["train"],
+        description="Splits of the store's persisted split assignment (ecgmodel.data.split_assignment) whose "
+        "recordings pretraining reads (one canonical copy each). The default keeps every validation and test "
+        "recording unseen; an ablation refuses an encoder that saw its test records unless told to allow it.",
+    )
+    split: dict = Field(
+        default_factory=dict,
+        description="SplitConfig overrides of that assignment (seed, fractions, folds, ptbxl_split, "
+        "ptbxl_metadata); keep them equal to the fine-tuning's `split` so both read the same assignment.",
+    )
+    eval_windows: int = Field(
+        256, ge=1, description="Held-out (validation-split) windows scored for the eval_* metrics at the end."
+    )
 
 
 class OptimConfig(_Strict):

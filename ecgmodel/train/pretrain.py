@@ -25,12 +25,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
+from ecgmodel.data.signal import FLAT_MV
 from ecgmodel.data.transforms import to_model_input
 from ecgmodel.models.encoder import build_encoder
 from ecgmodel.models.heads import PretrainModel
 from ecgmodel.ssl.losses import lead_accuracy, lead_cross_entropy, masked_mse
 from ecgmodel.ssl.masking import random_span_mask
 from ecgmodel.ssl.shuffle import apply_lead_permutation, random_lead_permutation
+from ecgmodel.data.split_assignment import SEEN_FILE, SEEN_INFO, write_seen
 from ecgmodel.train import distributed
 from ecgmodel.train.checkpoint import (
     ENCODER_FILE,
@@ -89,7 +91,10 @@ def pretext_step(
     x = to_model_input(signal, enc.input_samples, crop_mode, valid_length, gen, cfg.data.min_std_uv)
     B, L, T = x.shape
     P = T // enc.patch_size
-    weight = lead_present.float()
+    # flat leads (the ingest's QC_FLAT rule: peak-to-peak under FLAT_MV) carry no signal: no lead-number target,
+    # no reconstruction target
+    live = (signal.amax(dim=-1).float() - signal.amin(dim=-1).float()) >= FLAT_MV * 1000.0
+    weight = (lead_present & live).float()
     out: dict[str, torch.Tensor] = {}
     if ssl.mode in ("joint", "shuffle"):
         src = random_lead_permutation(
@@ -151,6 +156,41 @@ def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_
     return run
 
 
+def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """The store rows pretraining reads: canonical copies of the recordings in ``cfg.data.splits`` of the store's
+    persisted split assignment; plus the held-out (validation) rows the eval_* metrics use and what was seen."""
+    from ecgmodel.data.split_assignment import SplitConfig, ensure_assignment, file_sha, rows_of
+    from ecgmodel.data.store import open_store
+
+    st = open_store(store)
+    meta = st.meta()
+    table, path = ensure_assignment(st, SplitConfig.model_validate(cfg.data.split))
+    rows = rows_of(meta, table, cfg.data.splits)
+    if len(rows) == 0:
+        raise ValueError(f"{store}: no store row lies in the pretraining splits {cfg.data.splits} of {path} "
+                         "(rule: pretraining reads canonical copies of those splits only)")  # fmt: skip
+    held = [s for s in ("val",) if s not in cfg.data.splits]
+    eval_rows = rows_of(meta, table, held) if held else np.zeros(0, np.int64)
+    seen = table[table["split"].isin(cfg.data.splits) & table["canonical"].astype(bool)]
+    info = {"store": str(store), "store_hash": st.hash, "split_assignment": str(path),
+            "split_assignment_sha": file_sha(path), "splits": list(cfg.data.splits), "n_windows": int(len(rows)),
+            "n_recordings": int(len(seen)), "n_eval_windows": int(min(len(eval_rows), cfg.data.eval_windows))}  # fmt: skip
+    return {"rows": rows, "eval_rows": eval_rows[: cfg.data.eval_windows], "seen": seen, "info": info}
+
+
+def evaluate_held_out(model, store, selection: dict[str, Any], cfg: PretrainConfig, device, train_loader):
+    """eval_* metrics on held-out (validation-split) windows; on the training stream only when the store has no
+    held-out row (``source`` says which)."""
+    from ecgmodel.data.loader import InMemoryLoader
+
+    rows = selection["eval_rows"]
+    if len(rows) == 0:
+        return {**evaluate(model, train_loader, cfg, device), "source": "train"}
+    batch = min(cfg.data.batch_size, len(rows))
+    held = InMemoryLoader(str(store), batch, device, rows=rows, seed=cfg.run.seed, device_resident=True)
+    return {**evaluate(model, held, cfg, device, batches=max(1, len(rows) // batch)), "source": "val"}
+
+
 @torch.no_grad()
 def evaluate(model, loader, cfg: PretrainConfig, device: torch.device, batches: int = 4) -> dict[str, Any]:
     """Deterministic pretext evaluation (centre crop, every sample shuffled, fixed mask seed)."""
@@ -199,9 +239,12 @@ def train(
     np.random.seed(cfg.run.seed + info.rank)
     gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 7919 + info.rank)  # pretext randomness
 
+    selection = select_rows(store, cfg)
+    if info.is_main:
+        write_seen(out, selection["seen"], selection["info"])
     loader = make_loader(
         str(store), cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
-        cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident,
+        cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident, rows=selection["rows"],
     )
     raw = PretrainModel(build_encoder(cfg.encoder), cfg.ssl.mode).to(device)
     optimizer = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -332,7 +375,7 @@ def train(
     if finished and info.is_main:
         encoder_path = save_encoder(out / ENCODER_FILE, raw.encoder, cfg.encoder)
         result["encoder_path"] = str(encoder_path)
-        ev = evaluate(raw, loader, cfg, device)
+        ev = evaluate_held_out(raw, store, selection, cfg, device, loader)
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
             result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))
@@ -373,6 +416,11 @@ def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, 
     with MLFLOW_WRITE_LOCK:
         mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
         mlflow.log_artifact(str(out / "config.json"), artifact_path="encoder")
+        for name in (SEEN_FILE, SEEN_INFO):  # what the encoder saw travels with it (the ablation's leak check)
+            if (out / name).is_file():
+                mlflow.log_artifact(str(out / name), artifact_path="encoder")
+        mlflow.set_tag("ecgssl.pretrain_splits", ",".join(cfg.data.splits))
+        mlflow.set_tag("ecgssl.eval_source", ev.get("source", ""))
     result = {"encoder_uri": f"runs:/{run_id}/encoder"}
     if cfg.run.register_model:
         result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model)

@@ -18,7 +18,7 @@ import torch
 
 from ecgmodel.data.labels import scored_codes
 from ecgmodel.data.store import StoreWriter, WindowBatch
-from ecgmodel.downstream.ablation import gains, labels_to_match, summarize
+from ecgmodel.downstream.ablation import gains, summarize
 from ecgmodel.downstream.config import FinetuneConfig
 from ecgmodel.models.encoder import EncoderConfig, build_encoder
 from ecgmodel.train.checkpoint import save_encoder

@@ -80,6 +80,8 @@ def evidence(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    ssl: str = SSL,
+    random: str = RANDOM,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Paired-bootstrap table and non-inferiority ``labels_to_match`` per mode (see the module docstring).
 
@@ -87,15 +89,22 @@ def evidence(
     ``test_predictions.npz``). Rows: mode, fraction, gain (SSL - random at f) with its CI and whether the CI
     excludes 0, and ``vs_full`` (SSL(f) - random(100 %)) with its CI and whether its lower bound clears -margin.
     """
-    from ecgmodel.metrics.bootstrap import PREDICTIONS_FILE, labels_to_match, load_predictions, metric_function, prepare
+    from ecgmodel.metrics.bootstrap import (
+        PREDICTIONS_FILE,
+        labels_to_match,
+        load_predictions,
+        metric_function,
+        prepare,
+    )
 
     fn = metric_function(task, metric)
     cache: dict[str, object] = {}
 
     def arm(mode: str, init: str, fraction: float) -> list:
-        part = cells[(cells["mode"] == mode) & (cells["init"] == init) & np.isclose(cells["fraction"], fraction)]
+        part = cells[(cells["mode"] == mode) & (cells["init"] == init)
+                     & np.isclose(cells["fraction"].astype(float), fraction)]  # fmt: skip
         if "error" in part:
-            part = part[part["error"].isna() | (part["error"] == "")] if part["error"].dtype == object else part
+            part = part[part["error"].isna() | (part["error"].astype(str) == "")]
         out = []
         for _, row in part.sort_values("seed").iterrows():
             path = Path(str(row.get("out_dir", ""))) / PREDICTIONS_FILE
@@ -108,22 +117,22 @@ def evidence(
 
     rows, ltm = [], {}
     for mode in modes:
-        fracs = sorted(set(cells.loc[(cells["mode"] == mode) & (cells["init"] == SSL), "fraction"].astype(float))
-                       & set(cells.loc[(cells["mode"] == mode) & (cells["init"] == RANDOM), "fraction"].astype(float)))
-        reference = arm(mode, RANDOM, 1.0)
+        fracs = sorted(set(cells.loc[(cells["mode"] == mode) & (cells["init"] == ssl), "fraction"].astype(float))
+                       & set(cells.loc[(cells["mode"] == mode) & (cells["init"] == random), "fraction"].astype(float)))
+        reference = arm(mode, random, 1.0)
         lower: dict[float, float] = {}
         for i, f in enumerate(fracs):
-            ssl_arm = arm(mode, SSL, f)
-            g = paired_bootstrap(ssl_arm, arm(mode, RANDOM, f), fn, n_boot, confidence, seed + i)
+            ssl_arm = arm(mode, ssl, f)
+            g = paired_bootstrap(ssl_arm, arm(mode, random, f), fn, n_boot, confidence, seed + i)
             v = paired_bootstrap(ssl_arm, reference, fn, n_boot, confidence, seed + 1000 + i)
             lower[f] = v["ci_low"]
-            rows.append({"mode": mode, "fraction": f, "gain": g["estimate"], "gain_ci_low": g["ci_low"],
+            rows.append({"arm": ssl, "mode": mode, "fraction": f, "gain": g["estimate"], "gain_ci_low": g["ci_low"],
                          "gain_ci_high": g["ci_high"], "gain_significant": _excludes_zero(g),
                          "vs_full": v["estimate"], "vs_full_ci_low": v["ci_low"], "vs_full_ci_high": v["ci_high"],
                          "non_inferior": bool(math.isfinite(v["ci_low"]) and v["ci_low"] >= -margin),
                          "n_test_records": g["n_records"], "n_seeds": g["n_seeds_a"], "n_boot": g["n_boot"]})  # fmt: skip
         ltm[mode] = labels_to_match(lower, margin) if reference else math.nan
-    columns = ["mode", "fraction", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "vs_full",
+    columns = ["arm", "mode", "fraction", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "vs_full",
                "vs_full_ci_low", "vs_full_ci_high", "non_inferior", "n_test_records", "n_seeds", "n_boot"]
     return pd.DataFrame(rows, columns=columns), ltm
 
@@ -146,3 +155,13 @@ def choose_schedule(tuning: pd.DataFrame, score: str) -> dict[tuple[str, str], d
         best = part.loc[values.fillna(-np.inf).idxmax()]
         out[(str(init), str(mode))] = {k: float(best[k]) for k in ("lr", "encoder_lr_scale", "warmup_fraction")}
     return out
+
+
+def pretraining_overlap(cfg, encoder_ref: str, tracking_uri: str | None = None) -> dict:
+    """How many of the task's val/test recordings (``cfg``: a FinetuneConfig) the encoder was pretrained on.
+
+    ``known`` is False when the encoder does not say what it saw (no ``pretrain_records.csv`` beside it)."""
+    from ecgmodel.data.split_assignment import read_seen, seen_overlap
+    from ecgmodel.downstream.dataset import labelled_records
+
+    return seen_overlap(read_seen(encoder_ref, tracking_uri), labelled_records(cfg)["records"])

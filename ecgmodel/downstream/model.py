@@ -13,7 +13,6 @@ import torch.nn as nn
 
 from ecgmodel.models.encoder import Encoder
 
-
 NO_DECAY_SUFFIXES = ("pos_embed", "slot_embed", "mask_token")
 
 

@@ -26,13 +26,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
 from ecgmodel.data.signal import FLAT_MV
+from ecgmodel.data.split_assignment import SEEN_FILE, SEEN_INFO, write_seen
 from ecgmodel.data.transforms import to_model_input
 from ecgmodel.models.encoder import build_encoder
 from ecgmodel.models.heads import PretrainModel
 from ecgmodel.ssl.losses import lead_accuracy, lead_cross_entropy, masked_mse
 from ecgmodel.ssl.masking import random_span_mask
 from ecgmodel.ssl.shuffle import apply_lead_permutation, random_lead_permutation
-from ecgmodel.data.split_assignment import SEEN_FILE, SEEN_INFO, write_seen
 from ecgmodel.train import distributed
 from ecgmodel.train.checkpoint import (
     ENCODER_FILE,

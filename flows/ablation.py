@@ -126,7 +126,7 @@ def ablation_flow(
     """
     from ecgmodel.config import apply_overrides, config_hash
     from ecgmodel.data.store import content_hash
-    from ecgmodel.downstream.ablation import choose_schedule, pretraining_overlap
+    from ecgmodel.downstream.ablation import cell_config, choose_schedule, pretraining_overlap
     from ecgmodel.downstream.config import DEFAULT_SCHEDULE_GRID, FinetuneConfig, Schedule
     from ecgmodel.downstream.report import fmt_fraction, table_rows
     from ecgmodel.tracking import MLFLOW_WRITE_LOCK, run_tags
@@ -216,12 +216,7 @@ def ablation_flow(
             MlflowClient().set_tag(parent, "ecgssl.pretrain_overlap", overlap_note[:5000])
 
     def config_for(init: str, mode: str, fraction: float, seed: int, schedule: Schedule) -> dict:
-        cfg = base.model_copy(update={"init": "random" if init == "random" else arms[init], "mode": mode,
-                                      "fraction": fraction, "seed": seed})  # fmt: skip
-        data = cfg.model_dump(mode="json")
-        data["optim"].update(lr=schedule.lr, encoder_lr_scale=schedule.encoder_lr_scale,
-                             warmup_fraction=schedule.warmup_fraction)  # fmt: skip
-        return FinetuneConfig.model_validate(data).model_dump(mode="json")
+        return cell_config(base, "random" if init == "random" else arms[init], mode, fraction, seed, schedule)
 
     def run_cells(cells: list[tuple], label: str) -> list[dict[str, Any]]:
         """Train ``cells`` ((role, init, mode, fraction, seed, grid, schedule)), at most max_concurrent at once."""

@@ -45,7 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MIRROR = REPO_ROOT / "sample" / "physionet"
 PHYSIONET_MIRROR = "https://physionet.org/files/"
 ALL_SOURCES = ["challenge-2020", "challenge-2021", "ptb-xl", "ludb"]
-DownstreamTask = Literal["arrhythmia27", "localization"]
+DownstreamTask = Literal["arrhythmia27", "localization", "ptbxl-superclass"]
+PRETEXT_ARMS = ("mask", "shuffle", "joint")
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -112,14 +113,31 @@ class AblationSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[DownstreamTask] = Field(
-        default_factory=lambda: ["arrhythmia27", "localization"],
-        description="Downstream tasks: 27-class arrhythmia (Challenge 2020 metric) and origin localization.",
+        default_factory=lambda: ["arrhythmia27", "localization", "ptbxl-superclass"],
+        description="Downstream tasks: arrhythmia (Challenge 2020 metric), origin localization, and the PTB-XL "
+        "diagnostic-superclass benchmark (macro AUROC).",
     )
     fractions: list[float] = Field(
-        default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
         description="Fractions of the labelled training set (nested subsets), each in (0, 1].",
     )
-    seeds: int = Field(3, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
+    seeds: int = Field(5, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
+    margin: float = Field(
+        0.01, ge=0, description="Non-inferiority margin of labels_to_match, in units of the task's metric "
+        "(smallest fraction whose lower 95% CI bound of SSL(f) - random(100%) is >= -margin from there on).",
+    )
+    bootstrap_samples: int = Field(1000, ge=10, description="Paired-bootstrap replicates behind every CI.")
+    schedule_grid: list[dict[str, float]] | None = Field(
+        None, description="Per-init schedule grid (lr, encoder_lr_scale, warmup_fraction) chosen on validation; "
+        "None: the documented default (ecgmodel.downstream.config.DEFAULT_SCHEDULE_GRID); one point: no tuning.",
+    )
+    allow_pretrain_overlap: bool = Field(
+        False, description="Run even when the encoder was pretrained on a task's val/test recordings (reported)."
+    )
+    pretext_ablation: bool = Field(
+        False, description="Pretrain one encoder per pretext arm (mask only, shuffle only, joint; same budget) "
+        "and compare them downstream under one MLflow parent run per task.",
+    )
     modes: list[str] = Field(
         default_factory=lambda: ["linear", "full"],
         description="How the encoder is trained downstream: 'linear' (frozen probe) and/or 'full' fine-tuning.",
@@ -175,9 +193,13 @@ class PipelineConfig(BaseModel):
             # 3 fractions x 2 inits x 2 seeds per task: two seeds give the plot an interval (still noisy: the
             # sample has a few dozen records, and the output says so)
             ablation=AblationSection(
+                tasks=["arrhythmia27", "localization"],
                 fractions=[0.25, 0.5, 1.0], seeds=2, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
                 # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
                 overrides={"optim.epochs": 5, "min_class_records": 3},
+                bootstrap_samples=200, margin=0.02,
+                schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1, "warmup_fraction": 0.0},
+                               {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}],
             ),
         )
 
@@ -286,21 +308,33 @@ def render_summary(
         ]
     for name, res in ablations.items():
         parent = res.get("parent_run_id")
+        ci = res.get("gain_ci") or {}
+        sig = res.get("significant") or {}
+        gains = ", ".join(
+            f"{f}: {g:+.3f} [{ci[f][0]:+.3f}, {ci[f][1]:+.3f}]{'' if sig.get(f) else ' (not significant)'}"
+            if f in ci and all(isinstance(v, float) and math.isfinite(v) for v in [g, *ci[f]]) else f"{f}: {_fmt(g)}"
+            for f, g in (res.get("gains") or {}).items()
+        ) or "-"
+        ltm = res.get("labels_to_match_text") or _fmt(res.get("labels_to_match"))
         lines += [
             f"## {name}",
             "",
             "| headline | value |",
             "|---|---|",
-            f"| labels to match (fraction of labels the SSL encoder needs to match random init on all) "
-            f"| {_fmt(res.get('labels_to_match'))} |",
-            f"| gains (SSL - random, per fraction) | {_fmt(res.get('gains'))} |",
+            f"| labels to match (smallest label fraction at which SSL is non-inferior to random init on all "
+            f"labels, 95% CI, margin {_fmt(cfg.ablation.margin)}) | {ltm} |",
+            f"| gains (SSL - random per fraction, paired-bootstrap 95% CI) | {gains} |",
             f"| best | {_fmt(res.get('best'))} |",
+            f"| failed cells | {res.get('n_failed', 0)} of {res.get('n_cells', '?')} |",
             f"| MLflow parent run | {mlflow_run_link(uri, parent, exp.get(str(parent)))} |",
             f"| experiment | {_fmt(res.get('experiment'))} |",
             f"| summary table | `{_fmt(res.get('summary_csv'))}` |",
             f"| label-efficiency plot | `{_fmt(res.get('plot'))}` |",
             "",
         ]
+        if res.get("pretrain_overlap"):
+            lines += [f"> {res['pretrain_overlap']}", ""]
+        lines += [f"- {line}" for line in res.get("statements") or []] + [""]
     return "\n".join(lines)
 
 
@@ -404,8 +438,11 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     store_hash = ingested["store_hash"]
     seconds["ingest"], t0 = time.perf_counter() - t0, time.perf_counter()
 
-    # 2. pretrain: keyed on the config and the store's content hash
+    # 2. pretrain: keyed on the config and the store's content hash; reads the train split of the store's split
+    # assignment (linked to PTB-XL's patients when its metadata is at hand), as the ablations do
+    split_overrides = _split_overrides(cfg)
     pretrain_cfg = cfg.pretrain.model_dump()
+    pretrain_cfg["overrides"] = {**pretrain_cfg["overrides"], **{f"data.split.{k}": v for k, v in split_overrides.items()}}
     pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
     pretrained = pretrain_stage(pretrain_cfg, cfg.ingest.store, store_hash)
     encoder = pretrained.get("encoder_path")
@@ -419,12 +456,28 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         encoder_hash = file_fingerprint(encoder)
         if encoder_hash is None:
             raise FileNotFoundError(f"pretraining finished but its encoder file {encoder!r} does not exist")
+    arms: dict[str, str] = {}
+    if cfg.ablation.pretext_ablation:  # one encoder per pretext task, same budget as the main one
+        from ecgmodel.train.pretrain import build_config as pretrain_config
+
+        main_mode = pretrain_config(cfg.pretrain.preset, pretrain_cfg["overrides"]).ssl.mode
+        for arm in PRETEXT_ARMS:
+            if arm == main_mode:
+                arms[f"ssl-{arm}"] = encoder
+                continue
+            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm})
+            arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
+            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}")(
+                arm_cfg, cfg.ingest.store, store_hash)["encoder_path"]  # fmt: skip
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
-        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir"})
+        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation"})
+        ablation_cfg["overrides"] = {**ablation_cfg["overrides"], **{f"split.{k}": v for k, v in split_overrides.items()}}
+        if arms:
+            ablation_cfg["encoders"] = arms
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
         args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
@@ -481,6 +534,21 @@ def pretrain_ddp_flow(
     result = torchrun_pretrain(store, preset, overrides, resume, out, nproc_per_node, flow_run.id)
     print(f"encoder: {result['encoder_path']} (MLflow run {result.get('run_id')})")
     return result
+
+
+def _split_overrides(cfg: PipelineConfig) -> dict[str, Any]:
+    """Split settings shared by pretraining and the ablations: PTB-XL's metadata (patients of the Challenge's
+    PTB-XL copies) from the mirror when a Challenge source is ingested and the file is there."""
+    if not {"challenge-2020", "challenge-2021"} & set(cfg.ingest.sources):
+        return {}
+    from ecgmodel.data.sources import get_source
+
+    rel = f"ptb-xl/{get_source('ptb-xl').version}/ptbxl_database.csv"
+    mirror = cfg.ingest.mirror.removeprefix("file://")
+    if mirror.startswith(("http://", "https://")):
+        return {"ptbxl_metadata": f"{mirror.rstrip('/')}/{rel}"}
+    path = Path(mirror) / rel
+    return {"ptbxl_metadata": str(path)} if path.is_file() else {}
 
 
 def _store_windows(store: str) -> int | None:

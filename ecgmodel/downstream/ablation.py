@@ -165,3 +165,15 @@ def pretraining_overlap(cfg, encoder_ref: str, tracking_uri: str | None = None) 
     from ecgmodel.downstream.dataset import labelled_records
 
     return seen_overlap(read_seen(encoder_ref, tracking_uri), labelled_records(cfg)["records"])
+
+
+def cell_config(base, init_ref: str, mode: str, fraction: float, seed: int, schedule) -> dict:
+    """The FinetuneConfig dict of one cell: ``base`` with its init (``random`` or an encoder reference), mode,
+    fraction, seed and the schedule chosen for that init (lr, encoder_lr_scale, warmup_fraction)."""
+    from ecgmodel.downstream.config import FinetuneConfig
+
+    data = base.model_copy(update={"init": init_ref, "mode": mode, "fraction": fraction, "seed": seed}).model_dump(
+        mode="json")  # fmt: skip
+    data["optim"].update(lr=schedule.lr, encoder_lr_scale=schedule.encoder_lr_scale,
+                         warmup_fraction=schedule.warmup_fraction)  # fmt: skip
+    return FinetuneConfig.model_validate(data).model_dump(mode="json")

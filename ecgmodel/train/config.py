@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ecgmodel.data.split_assignment import SplitConfig
 from ecgmodel.models.encoder import EncoderConfig
 
 
@@ -62,10 +63,10 @@ class DataConfig(_Strict):
         "recordings pretraining reads (one canonical copy each). The default keeps every validation and test "
         "recording unseen; an ablation refuses an encoder that saw its test records unless told to allow it.",
     )
-    split: dict = Field(
-        default_factory=dict,
-        description="SplitConfig overrides of that assignment (seed, fractions, folds, ptbxl_split, "
-        "ptbxl_metadata); keep them equal to the fine-tuning's `split` so both read the same assignment.",
+    split: SplitConfig = Field(
+        default_factory=SplitConfig,
+        description="Settings of that assignment (seed, fractions, folds, ptbxl_split, ptbxl_metadata); keep them "
+        "equal to the fine-tuning's `split` so both read the same assignment.",
     )
     eval_windows: int = Field(
         256, ge=1, description="Held-out (validation-split) windows scored for the eval_* metrics at the end."

@@ -159,12 +159,12 @@ def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_
 def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
     """The store rows pretraining reads: canonical copies of the recordings in ``cfg.data.splits`` of the store's
     persisted split assignment; plus the held-out (validation) rows the eval_* metrics use and what was seen."""
-    from ecgmodel.data.split_assignment import SplitConfig, ensure_assignment, file_sha, rows_of
+    from ecgmodel.data.split_assignment import ensure_assignment, file_sha, rows_of
     from ecgmodel.data.store import open_store
 
     st = open_store(store)
     meta = st.meta()
-    table, path = ensure_assignment(st, SplitConfig.model_validate(cfg.data.split))
+    table, path = ensure_assignment(st, cfg.data.split)
     rows = rows_of(meta, table, cfg.data.splits)
     if len(rows) == 0:
         raise ValueError(f"{store}: no store row lies in the pretraining splits {cfg.data.splits} of {path} "

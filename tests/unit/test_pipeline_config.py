@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_defaults_and_demo_preset():
     full, demo = PipelineConfig(), PipelineConfig.demo()
     assert full.ingest.sources == ALL_SOURCES and full.pretrain.preset == "base"
-    assert full.ablation.tasks == ["arrhythmia27", "localization"]
+    assert full.ablation.tasks == ["arrhythmia27", "localization", "ptbxl-superclass"]
     assert Path(demo.ingest.mirror) == SAMPLE_MIRROR and SAMPLE_MIRROR.is_dir()
     assert demo.pretrain.preset == "smoke" and demo.ingest.store.startswith(".demo/")
     assert config_hash(full) != config_hash(demo)

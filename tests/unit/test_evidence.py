@@ -293,3 +293,19 @@ def test_flat_leads_get_no_lead_number_target():
                        torch.Generator().manual_seed(0), shuffle_prob=1.0)  # fmt: skip
     slot = (out["lead_target"][0] == 3).nonzero().item()  # the slot the flat lead was moved to
     assert out["weight"][0, slot] == 0 and out["weight"][0].sum() == 11 and out["weight"][1].sum() == 12
+
+
+def test_ptbxl_superclass_labels_leave_out_records_without_a_diagnostic_statement():
+    from ecgmodel.data.ptbxl import SUPERCLASSES
+    from ecgmodel.downstream.dataset import _labels
+
+    records = pd.DataFrame({"source": ["ptb-xl"] * 4 + ["challenge-2020"],
+                            "dx": ["NORM,SR", "IMI,LVH", "SR", "CLBBB,NDT", "426783006"]})  # fmt: skip
+    cfg = FinetuneConfig(task="ptbxl-superclass", store="s")
+    keep, y, classes, definitions, target, _ = _labels(cfg, records, {"ptb-xl": "ptbxl-scp",
+                                                                      "challenge-2020": "snomed-ct"}, "s")  # fmt: skip
+    assert keep.tolist() == [True, True, False, True, False]  # SR alone is not diagnostic; SNOMED rows are out
+    assert classes == list(SUPERCLASSES) and definitions["code"].tolist() == list(SUPERCLASSES)
+    assert y.tolist() == [[True, False, False, False, False], [False, True, False, False, True],
+                          [False, False, True, True, False]]  # fmt: skip
+    assert cfg.primary_metric == "macro_auroc" and cfg.multilabel and target == "ptbxl-scp"

@@ -194,7 +194,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         with open(path / MANIFEST) as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}; create it with StoreWriter)") from None
+        how = f"create it with `ecgssl ingest --store {path} --source ptb-xl` (or `ecgssl pipeline --demo`)"
+        if not path.exists():
+            raise StoreError(f"{path}: not an ecgssl store: the path does not exist; {how}") from None
+        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}); {how}") from None
     except json.JSONDecodeError as e:
         raise StoreError(f"{path}: {MANIFEST} is not valid JSON ({e})") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -264,3 +264,27 @@ def test_failing_cells_fail_the_flow_and_name_the_setting(tmp_path):
     assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}  # one attempt per cell
     cells = pd.read_csv(tmp_path / "abl" / "cells.csv")
     assert cells["error"].str.contains("min_class_records").all()
+
+
+@pytest.mark.slow
+def test_ablation_refuses_an_encoder_that_saw_its_test_records(tmp_path, encoder_file):
+    from mlflow.tracking import MlflowClient
+
+    from ecgmodel.data.split_assignment import ensure_assignment, write_seen
+    from flows.ablation import ablation_flow
+
+    store = synthetic_snomed_store(tmp_path / "store", n_records=40)
+    table, _ = ensure_assignment(store)
+    write_seen(tmp_path, table, {"splits": ["train", "val", "test"]})  # beside encoder.pt: it saw everything
+    kwargs = dict(task="arrhythmia27", store=store, encoder=encoder_file, fractions=[1.0], seeds=1, modes=["linear"],
+                  out_dir=str(tmp_path / "abl"), overrides={"optim.epochs": 1, "threshold_grid": 5},
+                  schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1}], bootstrap_samples=20)  # fmt: skip
+    with pytest.raises(ValueError, match=r"pretrained on \d+ of this task's validation/test recordings.*"
+                                         r"--allow-pretrain-overlap"):  # fmt: skip
+        ablation_flow(**kwargs)
+    assert not (tmp_path / "abl" / "cells").exists()  # refused before any training
+    res = ablation_flow(**kwargs, allow_pretrain_overlap=True)
+    assert "allowed explicitly" in res["pretrain_overlap"]
+    parent = MlflowClient().get_run(res["parent_run_id"])
+    assert "allowed explicitly" in parent.data.tags["ecgssl.pretrain_overlap"]
+    assert "allowed explicitly" in (tmp_path / "abl" / "report.md").read_text()

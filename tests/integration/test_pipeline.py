@@ -103,7 +103,7 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     state = pipeline_flow(failing, return_state=True)
     assert state.is_failed(), state
     assert "localization" in state.message and "min_class_records" in state.message
-    failed_summary = _artifacts("pipeline-summary")[-1].data
+    failed_summary = max(_artifacts("pipeline-summary"), key=lambda a: a.created).data  # the newest
     assert "The run failed" in failed_summary and "min_class_records" in failed_summary
 
 

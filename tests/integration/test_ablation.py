@@ -288,3 +288,16 @@ def test_ablation_refuses_an_encoder_that_saw_its_test_records(tmp_path, encoder
     parent = MlflowClient().get_run(res["parent_run_id"])
     assert "allowed explicitly" in parent.data.tags["ecgssl.pretrain_overlap"]
     assert "allowed explicitly" in (tmp_path / "abl" / "report.md").read_text()
+    # Prefect artifacts of the ablation itself: headline, summary table (metric named), progress over its runs
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        def newest(key):
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return max(found, key=lambda a: a.created)
+
+        assert "labels to match" in newest("ablation-arrhythmia27-report").data
+        assert "test_challenge_score mean" in str(newest("ablation-arrhythmia27-summary").data)
+        progress = newest("ablation-arrhythmia27-cells")
+        assert progress.type == "progress" and float(progress.data) == 100.0

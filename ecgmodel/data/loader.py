@@ -106,22 +106,27 @@ class InMemoryLoader(_ResumableLoader):
         world_size: int = 1,
         seed: int = 0,
         device_resident: bool | None = None,
+        extra: list[tuple[Any, np.ndarray | None]] | None = None,
     ):
-        store = _open(store)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        all_rows = np.arange(store.n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-        my_rows = all_rows[rank::world_size]  # distinct shard per rank
+        parts = []
+        for st, st_rows in [(store, rows), *(extra or [])]:  # further stores' rows follow the main store's
+            st = _open(st)
+            all_rows = np.arange(st.n) if st_rows is None else np.sort(np.asarray(st_rows, dtype=np.int64))
+            mine = all_rows[rank::world_size]  # distinct shard per rank
+            lead_present, valid_length = _row_arrays(st)
+            parts.append((np.ascontiguousarray(st.load_signal(mine)), lead_present[mine], valid_length[mine]))
+        my_rows = np.arange(sum(len(p[0]) for p in parts))
         if len(my_rows) < self.batch_size:
             raise ValueError(
-                f"store {getattr(store, 'path', '')}: rank {rank} has {len(my_rows)} windows, fewer than the "
+                f"store {getattr(_open(store), 'path', '')}: rank {rank} has {len(my_rows)} windows, fewer than the "
                 f"per-rank batch size {self.batch_size}"
             )
-        signal = torch.from_numpy(np.ascontiguousarray(store.load_signal(my_rows)))
-        lead_present, valid_length = _row_arrays(store)
-        lp = torch.from_numpy(lead_present[my_rows])
-        vl = torch.from_numpy(valid_length[my_rows])
+        signal = torch.from_numpy(np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0])
+        lp = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        vl = torch.from_numpy(np.concatenate([p[2] for p in parts]))
         if device_resident is None:  # on the GPU when the shard takes under half of the free memory
             device_resident = self.device.type == "cuda" and (
                 signal.numel() * 2 < 0.5 * torch.cuda.mem_get_info(self.device)[0]
@@ -299,11 +304,15 @@ def make_loader(
     prefetch: int = 4,
     device_resident: bool | None = None,
     rows: np.ndarray | None = None,
+    extra: list[tuple[Any, np.ndarray | None]] | None = None,
 ) -> InMemoryLoader | StreamingLoader:
-    """``kind``: ``memory`` or ``stream``; ``rows``: the store rows it may deliver (None: all)."""
+    """``kind``: ``memory`` or ``stream``; ``rows``: the store rows it may deliver (None: all); ``extra``: further
+    ``(store, rows)`` read after the main store's (unlabelled external stores; in-memory loader only)."""
     if kind == "memory":
         return InMemoryLoader(store, batch_size, device, rows=rows, rank=rank, world_size=world_size, seed=seed,
-                              device_resident=device_resident)
+                              device_resident=device_resident, extra=extra)
+    if extra:
+        raise ValueError("external pretraining stores (data.extra_stores) need the in-memory loader (data.loader=memory)")
     if kind == "stream":
         return StreamingLoader(store, batch_size, device, rank=rank, world_size=world_size, seed=seed,
                                buffer_chunks=buffer_chunks, prefetch=prefetch, rows=rows)

@@ -77,6 +77,12 @@ class DataConfig(_Strict):
         description="Settings of that assignment (seed, fractions, folds, ptbxl_split, ptbxl_metadata); keep them "
         "equal to the fine-tuning's `split` so both read the same assignment.",
     )
+    extra_stores: list[str] = Field(
+        default_factory=list,
+        description="Further ecgssl stores pretraining reads whole (unlabelled external data; in-memory loader). "
+        "Their recordings are listed in pretrain_records.csv too, so the ablation's leak check sees copies of a "
+        "task's val/test recordings in them.",
+    )
     eval_windows: int = Field(
         256, ge=1, description="Held-out (validation-split) windows scored for the eval_* metrics at the end."
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
@@ -178,10 +179,21 @@ def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
     held = [s for s in ("val",) if s not in cfg.data.splits]
     eval_rows = rows_of(meta, table, held) if held else np.zeros(0, np.int64)
     seen = table[table["split"].isin(cfg.data.splits) & table["canonical"].astype(bool)]
+    extra = []
+    for other in cfg.data.extra_stores:  # unlabelled external stores: read whole, listed as seen
+        from ecgmodel.data.split_assignment import recording_keys, store_records
+
+        ost = open_store(other)
+        recs = store_records(ost.meta())
+        recs = recs.assign(recording_key=recording_keys(recs).to_numpy(), split="external")
+        seen = pd.concat([seen, recs[["source", "record", "recording_key", "split"]]], ignore_index=True)
+        extra.append((str(other), None))
     info = {"store": str(store), "store_hash": st.hash, "split_assignment": str(path),
             "split_assignment_sha": file_sha(path), "splits": list(cfg.data.splits), "n_windows": int(len(rows)),
             "n_recordings": int(len(seen)), "n_eval_windows": int(min(len(eval_rows), cfg.data.eval_windows))}  # fmt: skip
-    return {"rows": rows, "eval_rows": eval_rows[: cfg.data.eval_windows], "seen": seen, "info": info}
+    info["extra_stores"] = list(cfg.data.extra_stores)
+    return {"rows": rows, "eval_rows": eval_rows[: cfg.data.eval_windows], "seen": seen, "info": info,
+            "extra": extra}
 
 
 def evaluate_held_out(model, store, selection: dict[str, Any], cfg: PretrainConfig, device, train_loader):
@@ -260,6 +272,7 @@ def train(
     loader = make_loader(
         str(store), cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
         cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident, rows=selection["rows"],
+        extra=selection["extra"] or None,
     )
     raw = PretrainModel(build_encoder(cfg.encoder), cfg.ssl.mode).to(device)
     optimizer = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr,

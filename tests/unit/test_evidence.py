@@ -309,3 +309,25 @@ def test_ptbxl_superclass_labels_leave_out_records_without_a_diagnostic_statemen
     assert y.tolist() == [[True, False, False, False, False], [False, True, False, False, True],
                           [False, False, True, True, False]]  # fmt: skip
     assert cfg.primary_metric == "macro_auroc" and cfg.multilabel and target == "ptbxl-scp"
+
+
+def test_external_pretraining_stores_are_read_and_count_as_seen(tmp_path):
+    from ecgmodel.config import apply_overrides
+    from ecgmodel.data.loader import make_loader
+    from ecgmodel.train.config import preset
+    from ecgmodel.train.pretrain import select_rows
+
+    records, _ = _records()
+    path = _store(tmp_path / "store", records)
+    ext = _store(tmp_path / "ext", records.iloc[:40])  # an outside store holding copies of 40 of the recordings
+    cfg = apply_overrides(preset("smoke"), {"data.extra_stores": [ext]})
+    sel = select_rows(path, cfg)
+    loader = make_loader(path, "memory", 8, rows=sel["rows"], extra=sel["extra"])
+    assert loader.n == len(sel["rows"]) + 2 * 40  # two windows per external record
+    table, _ = ensure_assignment(path, cfg.data.split)
+    external = sel["seen"][sel["seen"]["split"] == "external"]
+    assert len(external) == 40 and sel["info"]["extra_stores"] == [ext]
+    expected = int(table.iloc[:40]["split"].isin(["val", "test"]).sum())
+    assert seen_overlap(sel["seen"], table)["n_overlap"] >= expected > 0  # the leak check sees the copies
+    with pytest.raises(ValueError, match="in-memory loader"):
+        make_loader(path, "stream", 8, rows=sel["rows"], extra=sel["extra"])

@@ -273,6 +273,10 @@ def ablation_flow(
             top = max(fractions)
             tuning = [(TUNING, i, m, top, 0, gi, g) for i in inits for m in modes for gi, g in enumerate(grid)]
             tuned = run_cells(tuning, "tuning")
+            errors = [r for r in tuned if r.get("error")]
+            if len(errors) == len(tuned):
+                raise RuntimeError(f"all {len(tuned)} schedule-tuning runs failed (no cell was trained); first: "
+                                   f"{_name(tuning[0])}: {errors[0]['error']}")  # fmt: skip
             import pandas as pd
 
             frame = pd.DataFrame(tuned)

@@ -276,7 +276,7 @@ def ablation_flow(
             errors = [r for r in tuned if r.get("error")]
             if len(errors) == len(tuned):
                 raise RuntimeError(f"all {len(tuned)} schedule-tuning runs failed (no cell was trained); first: "
-                                   f"{_name(tuning[0])}: {errors[0]['error']}")  # fmt: skip
+                                   f"grid point {errors[0]['grid']} of {errors[0]['init']}/{errors[0]['mode']}: {errors[0]['error']}")  # fmt: skip
             import pandas as pd
 
             frame = pd.DataFrame(tuned)

@@ -264,6 +264,13 @@ def test_failing_cells_fail_the_flow_and_name_the_setting(tmp_path):
     assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}  # one attempt per cell
     cells = pd.read_csv(tmp_path / "abl" / "cells.csv")
     assert cells["error"].str.contains("min_class_records").all()
+    # with a schedule grid the tuning runs fail first: no cell is trained and the message says why
+    with pytest.raises(RuntimeError, match=r"all 2 schedule-tuning runs failed.*min_class_records"):
+        ablation_flow(task="localization", store=str(store), encoder=None, fractions=[1.0], seeds=1,
+                      modes=["full"], inits=["random"], out_dir=str(tmp_path / "abl2"),
+                      overrides={"encoder": TINY.model_dump(), "min_class_records": 20},
+                      schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 1.0}, {"lr": 3e-4, "encoder_lr_scale": 1.0}])
+    assert not (tmp_path / "abl2" / "cells").exists()
 
 
 @pytest.mark.slow

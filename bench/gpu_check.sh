@@ -95,7 +95,7 @@ if [[ $DRY == 1 ]]; then
   BENCH_EXTRA=(--set run.threads=1)
 else
   BUDGET="${GPU_CHECK_BUDGET_S:-480}"
-  DEVICE=cuda; PRESET=base; BATCHES="128 256"; STEPS=30; BENCH_WINDOWS=2048
+  DEVICE=cuda; PRESET=base; BATCHES="256 128"; STEPS=20; BENCH_WINDOWS=2048  # the key figure (256) first
   PYTEST_MARK="gpu"; INGEST_S=120
   TORCHRUN=(--preset base --steps 300 --ckpt-every 100 --log-every 10 --kill-after 150 --set data.batch_size=32)
   BENCH_EXTRA=()

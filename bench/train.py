@@ -17,6 +17,8 @@ span mask, encoder + heads, backward, gradient clipping, AdamW; bf16 autocast on
 * ``mfu`` - achieved FLOP/s / the device's peak: dense bf16 tensor-core peak from ``PEAK_BF16`` for bf16 on a
   listed GPU, else the measured FLOP/s of a large matmul in the training dtype (``peak_source`` says which);
 * ``peak_mem_gib`` - ``torch.cuda.max_memory_allocated`` during the timed steps (CUDA only);
+* ``matmul_tflops_measured`` (CUDA) - an 8192^3 matmul in the training dtype, the practical ceiling beside the
+  data-sheet peak;
 * ``data_wait_frac`` - share of the timed wall time the training thread spent blocked in ``loader.next()``;
 * for compiled runs, Dynamo's graph count and graph breaks.
 
@@ -313,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }  # fmt: skip
     peak, peak_src = device_peak(device, dtype)
+    if device.type == "cuda":  # what a plain large GEMM reaches here, beside the data-sheet peak
+        env["matmul_tflops_measured"] = round(measured_peak(device, dtype, 8192) / 1e12, 1)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ecgssl-bench-") as tmp:
         store, store_desc = prepare_store(args, Path(tmp), batch_sizes)

@@ -331,3 +331,20 @@ def test_external_pretraining_stores_are_read_and_count_as_seen(tmp_path):
     assert seen_overlap(sel["seen"], table)["n_overlap"] >= expected > 0  # the leak check sees the copies
     with pytest.raises(ValueError, match="in-memory loader"):
         make_loader(path, "stream", 8, rows=sel["rows"], extra=sel["extra"])
+
+
+def test_weighted_replicates_equal_scoring_the_drawn_records():
+    from ecgmodel.metrics.bootstrap import metric_function, prepare
+
+    rng = np.random.default_rng(5)
+    merged = L.merged_scored_codes()
+    y = rng.random((120, len(merged))) < 0.15
+    out = rng.random((120, len(merged))) < 0.15
+    p = prepare(Predictions(np.array([f"r{i}" for i in range(120)]), y, out.astype(float), out, merged),
+                "test_challenge_score")  # fmt: skip
+    fn = metric_function("arrhythmia27", "test_challenge_score")
+    idx = rng.integers(0, 120, 120)
+    assert fn.weighted(p, np.bincount(idx, minlength=120)) == pytest.approx(fn(p.take(idx)))
+    acc = metric_function("localization", "test_accuracy")
+    q = _accuracy_arm(rng.random(120) < 0.7)
+    assert acc.weighted(q, np.bincount(idx, minlength=120)) == pytest.approx(acc(q.take(idx)))

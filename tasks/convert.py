@@ -15,9 +15,10 @@ from prefect.exceptions import MissingContextError
 
 from ecgmodel.data.convert import convert_sources
 from ecgmodel.data.ingest_config import IngestConfig
-from ecgmodel.data.store import StoreError
+from ecgmodel.data.store import StoreError, StoreLockedError
 
-# Another attempt cannot fix these: a locked or incompatible store, a bad config.
+# Another attempt cannot fix these: an incompatible store, a bad config. A store still locked by another
+# writer after the config's lock_timeout_s (StoreLockedError) is worth another attempt.
 _PERMANENT = (StoreError, ValueError, TypeError)
 
 
@@ -25,6 +26,8 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:
+        return True
+    if isinstance(exc, StoreLockedError):
         return True
     return not isinstance(exc, _PERMANENT)
 

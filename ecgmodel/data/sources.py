@@ -112,6 +112,12 @@ class Source(BaseModel):
     selected_groups: tuple[str, ...] = Field(
         description="Groups ingested by default; change with :meth:`select`."
     )
+    checksums_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the version's published SHA256SUMS.txt: a mirror serving another listing is "
+        "refused. None: not pinned (mirrors that hold a subset of a version have their own listing).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Source:

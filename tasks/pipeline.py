@@ -102,10 +102,18 @@ def mlflow_run_exists(run_id: str | None, tracking_uri: str) -> bool:
 
 @task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
 def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
-    """Download + convert into the store (``flows.ingest.ingest_flow``). Key: config + mirror listings."""
+    """Download + convert into the store (``flows.ingest.ingest_flow``). Key: config + mirror listings.
+
+    A source that could not be fetched fails the stage (a failed task run is never cached), so the next run
+    retries it instead of training on partial data for the cache's lifetime.
+    """
     from flows.ingest import ingest_flow
 
-    return dict(ingest_flow(**ingest))
+    summary = dict(ingest_flow(**ingest))
+    if summary.get("failed_sources"):
+        raise RuntimeError(f"ingest: source(s) could not be fetched: {summary['failed_sources']} (the store at "
+                           f"{summary.get('path')} holds the others; the stage fails so that it is retried)")
+    return summary
 
 
 @task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)

@@ -14,8 +14,9 @@ import json
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
-from tasks.pretrain import pretrain_task
+from tasks.pretrain import pretrain_task, torchrun_pretrain
 
 
 @flow(name="pretrain", log_prints=True)
@@ -37,6 +38,25 @@ def pretrain_flow(
     return result
 
 
+
+@flow(name="pretrain-ddp", log_prints=True)
+def pretrain_ddp_flow(
+    store: str,
+    preset: str = "base",
+    overrides: dict[str, Any] | None = None,
+    resume: bool = True,
+    out: str = "runs/pretrain",
+    nproc_per_node: int | None = None,
+) -> dict[str, Any]:
+    """Pretraining on every GPU of the host: ``torchrun`` via infra/torchrun/pretrain.sh (gpu work pool)."""
+    from ecgmodel.train.pretrain import build_config
+
+    build_config(preset, overrides)  # bad keys / values fail here, before any process starts
+    result = torchrun_pretrain(store, preset, overrides, resume, out, nproc_per_node, flow_run.id)
+    print(f"encoder: {result['encoder_path']} (MLflow run {result.get('run_id')})")
+    return result
+
+
 def _handler(args: argparse.Namespace) -> int:
     from ecgmodel.tracking import tracking_uri
 
@@ -53,7 +73,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining of the encoder on a store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--store", required=True, help="path of the ecgssl store")
-    p.add_argument("--preset", choices=["smoke", "base"], default="smoke", help="smoke (CPU) or base (GPU)")
+    p.add_argument("--preset", choices=["smoke", "cpu", "base"], default="smoke",
+                   help="smoke (tests, demo), cpu (~15 min on 2 cores) or base (GPU)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="PretrainConfig override, e.g. --set optim.max_steps=500 (repeatable)")  # fmt: skip
     p.add_argument("--out", default="runs/pretrain", help="checkpoint directory (resumed when it has one)")

@@ -16,6 +16,7 @@ from prefect.exceptions import MissingContextError
 from ecgmodel.data.convert import convert_sources
 from ecgmodel.data.ingest_config import IngestConfig
 from ecgmodel.data.store import StoreError, StoreLockedError
+from tasks.progress import ProgressArtifact
 
 # Every task that writes a store carries this tag. `prefect concurrency-limit create store-writer 1` makes
 # Prefect queue concurrent writers (e.g. the daily ingest and the weekly pipeline sharing one store) instead of
@@ -54,7 +55,8 @@ def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> d
     except MissingContextError:  # convert_to_store.fn(...) outside a run
         logger = logging.getLogger(__name__)
     cfg = IngestConfig.model_validate(config)
-    summary = convert_sources(cfg, fetched)
+    progress = ProgressArtifact("ingest-progress", "records converted into the store")
+    summary = convert_sources(cfg, fetched, on_progress=progress)
     for slug, stats in summary["run"].items():
         logger.info("%s: %s", slug, stats)
     for q in summary["quarantined"][:20]:

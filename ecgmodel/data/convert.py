@@ -30,7 +30,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
     trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
     try:
         with dask.config.set(trim), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         ) as cluster, Client(cluster) as client:  # fmt: skip
             yield client
@@ -230,13 +230,19 @@ def _plan(w: StoreWriter, source: Source, paths: list[str]) -> tuple[list[str], 
     return todo, dup
 
 
-def convert_sources(cfg: IngestConfig | dict, fetched: list[dict[str, Any]], client: Any = "auto") -> dict:
+def convert_sources(
+    cfg: IngestConfig | dict,
+    fetched: list[dict[str, Any]],
+    client: Any = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Convert fetched sources into ``cfg.store``; returns the store summary plus this run's counts.
 
     ``fetched``: one dict per source with ``slug``, ``root``, the record list (``records`` or
     ``records_file``), ``version``/``mirror`` and download ``failures`` (quarantined as they are).
     ``client``: a dask Client, None (in-process) or "auto": a cluster from ``cfg.workers`` /
-    ``cfg.dask_address``, started only when some record is left to convert.
+    ``cfg.dask_address``, started only when some record is left to convert. ``on_progress(done, total)``: called
+    with the records handled so far out of those left to convert, after every batch.
     """
     cfg = cfg if isinstance(cfg, IngestConfig) else IngestConfig.model_validate(cfg)
     max_in_flight = cfg.max_in_flight or 2 * max(cfg.workers, 1) + 1
@@ -258,13 +264,21 @@ def convert_sources(cfg: IngestConfig | dict, fetched: list[dict[str, Any]], cli
         if client == "auto":
             need = any(plan[3] for plan in plans)
             client = stack.enter_context(dask_client(cfg.workers, cfg.dask_address)) if need else None
+        total, handled = sum(len(plan[3]) for plan in plans), 0
         for item, source, paths, todo, duplicates in plans:
-            run[source.slug] = _convert_one(w, cfg, item, source, paths, todo, client, max_in_flight, duplicates)
+            report = None if on_progress is None else functools.partial(_report_from, on_progress, handled, total)
+            run[source.slug] = _convert_one(w, cfg, item, source, paths, todo, client, max_in_flight, duplicates,
+                                            report)  # fmt: skip
+            handled += len(todo)
     summary = open_store(cfg.store).summary()
     summary["run"] = run
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["store_hash"] = summary["hash"]
     return summary
+
+
+def _report_from(on_progress: Callable[[int, int], None], base: int, total: int, done: int) -> None:
+    on_progress(base + done, total)
 
 
 def _convert_one(
@@ -277,6 +291,7 @@ def _convert_one(
     client: Any,
     max_in_flight: int,
     duplicates: list[dict[str, str]] = (),
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
     info = {"version": item.get("version", source.version), "base_url": source.base_url(item.get("mirror", cfg.mirror)),
             "settings": source_settings(cfg)}  # fmt: skip
@@ -291,6 +306,7 @@ def _convert_one(
         for i in range(0, len(todo), cfg.batch_records)
     ]
     commit = functools.partial(w.commit, sources={source.slug: info}, dx_systems={source.slug: source.dx_system})
+    handled = 0
     with tqdm(total=len(todo), desc=f"convert {source.slug}", unit="rec", disable=not cfg.progress) as bar:
         for i, res in enumerate(_results(client, convert_batch, jobs, max_in_flight)):
             if res.batch is not None:
@@ -300,6 +316,9 @@ def _convert_one(
             stats["quarantined"] += len(res.failures)
             quarantine += [{"source": source.slug, **f} for f in res.failures]
             bar.update(len(res.records) + len(res.failures))
+            handled += len(res.records) + len(res.failures)
+            if on_progress is not None:
+                on_progress(handled)
             if (i + 1) % cfg.commit_every == 0:
                 commit(quarantine=quarantine)
                 quarantine = []

@@ -141,7 +141,9 @@ class InMemoryLoader(_ResumableLoader):
         while count > 0:
             epoch, pos = divmod(start, self.n)
             if epoch != self._perm_epoch:
-                self._perm = torch.randperm(self.n, generator=_epoch_generator(self.seed, self.rank, epoch))
+                # drawn on the CPU (same order on every device), moved once per epoch: no host sync per batch
+                perm = torch.randperm(self.n, generator=_epoch_generator(self.seed, self.rank, epoch))
+                self._perm = perm.to(self._data.signal.device)
                 self._perm_epoch = epoch
             take = min(count, self.n - pos)
             out.append(self._perm[pos : pos + take])
@@ -151,7 +153,6 @@ class InMemoryLoader(_ResumableLoader):
     def next(self) -> Batch:
         idx = self._row_stream_index(self.step * self.batch_size, self.batch_size)
         self.step += 1
-        idx = idx.to(self._data.signal.device)
         b = Batch(*(t.index_select(0, idx) for t in (self._data.signal, self._data.lead_present, self._data.valid_length)))
         return b if self.device_resident else b.to(self.device, non_blocking=True)
 
@@ -232,6 +233,8 @@ class StreamingLoader(_ResumableLoader):
                         pending = [tuple(c[B:] for c in cat)]
                         have -= B
                         item = Batch(torch.from_numpy(out[0]), torch.from_numpy(out[1]), torch.from_numpy(out[2]))
+                        if self.device.type == "cuda":  # pinned here, off the training thread
+                            item = Batch(*(t.pin_memory() for t in (item.signal, item.lead_present, item.valid_length)))
                         while not self._stop.is_set():
                             try:
                                 self._queue.put(item, timeout=0.1)
@@ -257,8 +260,6 @@ class StreamingLoader(_ResumableLoader):
         if isinstance(item, BaseException):
             raise RuntimeError(f"streaming reader failed on store {getattr(self.store, 'path', '')}") from item
         self.step += 1
-        if self.device.type == "cuda":
-            item = Batch(*(t.pin_memory() for t in (item.signal, item.lead_present, item.valid_length)))
         return item.to(self.device, non_blocking=True)
 
 

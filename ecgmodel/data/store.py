@@ -234,10 +234,12 @@ def _read_manifest(path: Path, schemas: tuple[int, ...] = READABLE_SCHEMAS) -> d
         with open(path / MANIFEST) as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        hint = ""
+        how = f"create it with `ecgssl ingest --store {path} --source ptb-xl` (or `ecgssl pipeline --demo`)"
+        if not path.exists():
+            raise StoreError(f"{path}: not an ecgssl store: the path does not exist; {how}") from None
         if (path / PREV_MANIFEST).exists():
-            hint = f"; {PREV_MANIFEST} is there: recover_store({str(path)!r}) restores the previous commit"
-        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}; create it with StoreWriter{hint})") from None
+            how = f"{PREV_MANIFEST} is there: recover_store({str(path)!r}) restores the previous commit"
+        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}); {how}") from None
     except json.JSONDecodeError as e:
         raise StoreError(f"{path}: {MANIFEST} is not valid JSON ({e})") from None
     if manifest.get("schema_version") not in schemas:

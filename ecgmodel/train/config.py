@@ -1,4 +1,5 @@
-"""``PretrainConfig``: every key of a pretraining run, documented; presets ``smoke`` (CPU) and ``base`` (GPU)."""
+"""``PretrainConfig``: every key of a pretraining run, documented; presets ``smoke`` (tests, demo), ``cpu``
+(best representation in ~15 min on 2 cores) and ``base`` (GPU)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ class SSLConfig(_Strict):
     mask_ratio_min: float = Field(0.3, ge=0, le=1, description="Lowest masked fraction of a sample's patches.")
     mask_ratio_max: float = Field(0.7, ge=0, le=1, description="Highest masked fraction (drawn per sample).")
     mask_span: int = Field(5, ge=1, description="Length of one contiguous masked span, in patches.")
+    mask_mode: Literal["lead", "time", "mixed"] = Field(
+        "lead", description="Where spans go: lead = own arrangement per lead (hidden instants usually visible in "
+        "other leads, so largely solvable by lead algebra); time = the same spans in every lead (predict from "
+        "temporal context); mixed = a share mask_time_share of the spans common to all leads, the rest per lead."
+    )
+    mask_time_share: float = Field(
+        0.5, ge=0, le=1, description="mask_mode=mixed: share of the masked fraction hidden in every lead at once."
+    )
     mask_fill: Literal["token", "zero"] = Field(
         "token", description="token = learned mask token after embedding; zero = zero the masked input samples."
     )
@@ -110,6 +119,16 @@ PRESETS: dict[str, dict] = {
         "optim": {"max_steps": 200, "lr": 2e-3, "warmup_steps": 10},
         "run": {"log_every": 10, "ckpt_every": 100},
     },
+    # CPU, ~15 min on 2 idle cores over the shared mirror (~3,300 records): 5 s crops (context for
+    # same-time spans), 12 x 50 tokens, divided attention. Choice and measurements: docs/evidence.md.
+    "cpu": {
+        "encoder": {"input_samples": 2500, "patch_size": 50, "d_model": 64, "n_layers": 3, "n_heads": 4,
+                    "attention": "divided"},
+        "ssl": {"mask_mode": "mixed", "mask_time_share": 0.5},
+        "data": {"batch_size": 32},
+        "optim": {"max_steps": 2000, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 50},
+        "run": {"log_every": 25, "ckpt_every": 100},
+    },
     # GPU-sized: ~50M params, 5 s crops, 1200 tokens (patch 25), bf16. Divided attention (time within a lead,
     # then across the 12 leads at each instant) for the same reason as smoke: joint attention over all tokens
     # must first learn to align instants across leads, and on real records it barely reconstructed at all.
@@ -124,7 +143,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str) -> PretrainConfig:
-    """The named preset (``smoke`` or ``base``)."""
+    """The named preset (``smoke``, ``cpu`` or ``base``)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PretrainConfig.model_validate(PRESETS[name])

@@ -1,0 +1,64 @@
+"""Embedding flow (``ecgssl embed``): one vector per record of a store from a frozen encoder, as Parquet.
+
+``ecgssl embed --encoder URI|PATH --store STORE --out FILE.parquet [--pooling mean-max|mean|lead-mean]``;
+``--random [--seed N]`` embeds with a seeded random encoder of the same architecture (of ``--encoder`` when
+given, else of the ``cpu`` preset): the baseline of a linear probe. ``--encoder`` takes a checkpoint or encoder
+file, a run folder, an MLflow run id, ``runs:/...`` or ``models:/ecgssl-encoder/N``. Columns: record, source,
+database, split (PTB-XL official split from strat_fold, else empty), fold, patient_id, dx, n_windows, n_crops,
+vector (float32). Read it with ``pandas.read_parquet`` or ``ecgmodel.embed.read_embeddings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from prefect import flow
+
+from tasks.embed import embed_task
+
+
+@flow(name="embed", log_prints=True)
+def embed_flow(
+    store: str,
+    out: str,
+    encoder: str | None = None,
+    random: bool = False,
+    seed: int = 0,
+    pooling: str = "mean-max",
+    batch_size: int = 256,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict:
+    """Embed ``store`` into ``out``; returns the summary (records, dim, crops, seconds)."""
+    result = embed_task(store, out, encoder, random, None, seed, pooling, batch_size, device, threads)
+    print(f"{result['records']} records x {result['dim']} -> {result['out']} ({result['seconds']} s)")
+    return result
+
+
+def _handler(args: argparse.Namespace) -> int:
+    if not args.random and not args.encoder:
+        raise SystemExit("ecgssl embed: give --encoder URI|PATH, or --random (optionally with --encoder for the "
+                         "architecture)")
+    result = embed_flow(store=args.store, out=args.out, encoder=args.encoder, random=args.random, seed=args.seed,
+                        pooling=args.pooling, batch_size=args.batch_size, device=args.device,
+                        threads=args.threads)  # fmt: skip
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="one embedding per record of a store (Parquet), from a frozen encoder",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--encoder", default=None, metavar="URI|PATH",
+                   help="encoder: path, run id, runs:/..., models:/ecgssl-encoder/N (architecture only with --random)")
+    p.add_argument("--store", required=True, help="path of the ecgssl store")
+    p.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file")
+    p.add_argument("--random", action="store_true", help="seeded random encoder of the same architecture")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random encoder (default 0)")
+    p.add_argument("--pooling", choices=["mean-max", "mean", "lead-mean"], default="mean-max",
+                   help="token pooling (default mean-max; see ecgmodel/embed.py)")
+    p.add_argument("--batch-size", type=int, default=256, help="crops per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=_handler)

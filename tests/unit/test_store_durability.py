@@ -386,3 +386,18 @@ def test_reader_pinned_to_a_hash_does_not_see_later_commits(tmp_path):
     assert pinned.meta().equals(meta1)
     with pytest.raises(StoreError, match="not in the store's history"):
         open_store(path, at="0123456789abcdef")
+
+
+def test_inspect_recovers_a_lost_manifest(tmp_path, capsys):
+    import argparse
+
+    from flows.ingest import _cmd_inspect
+
+    path = tmp_path / "s.zarr"
+    build(path, range(6))
+    n_prev = json.loads((path / PREV_MANIFEST).read_text())["n"]
+    (path / MANIFEST).unlink()
+    assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=False, migrate=False)) == 2
+    assert "recover_store" in capsys.readouterr().err
+    assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=True, migrate=False)) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == n_prev

@@ -15,6 +15,10 @@ sub-database, which metadata files to fetch, and which ``RECORDS`` entries to in
 
 A source is immutable; choose other record groups with :meth:`Source.select` (e.g. PTB-XL at 100 Hz:
 ``get_source("ptb-xl").select("records100")``).
+
+``checksums_sha256`` pins the sha256 of a version's published ``SHA256SUMS.txt``: the downloader then refuses a
+mirror serving any other listing. The catalog leaves it unset for now: the pinned digest must be taken from
+PhysioNet's own file, and partial mirrors (such as the offline test mirror) carry listings of their subset.
 """
 
 from __future__ import annotations

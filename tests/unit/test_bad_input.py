@@ -271,3 +271,31 @@ def test_worker_killed_mid_batch_quarantines_only_the_record_that_kills_it(tmp_p
                                                                                        if "E00015" not in r]}])
     assert json.loads((store / "commit.json").read_text())["multiset"] == \
         json.loads((clean / "commit.json").read_text())["multiset"]
+
+
+# ------------------------------------------------------------------------------------------- faults, then a re-run
+def test_reingest_after_hostile_server_faults_matches_an_undisturbed_run(tmp_path):
+    """A compressed answer, an endless body and a stalled transfer during the download: the affected records are
+    quarantined, the rest stored; once the server behaves, a re-run ends at the undisturbed store's hash."""
+    from helpers_http import serve_directory
+
+    mirror = tmp_path / "mirror"
+    copy_source(tmp_path, "ludb/1.0.1")
+    cfg = IngestConfig(sources=["ludb"], workers=0, progress=False, store=str(tmp_path / "clean.zarr"))
+    fast = {"progress": False, "backoff": 0.0, "retries": 1}
+
+    def ingest(url, raw, store, **kw):
+        r = download_source("ludb", url, tmp_path / raw, **fast, **kw)
+        item = {"slug": "ludb", "root": str(r.root), "records": r.records, "failures": r.failures}
+        return convert_sources(cfg.model_copy(update={"store": str(tmp_path / store)}), [item])
+
+    with serve_directory(mirror) as server:
+        clean = ingest(server.url, "raw-clean", "clean.zarr")
+    hostile = {"gzip": {"ludb/1.0.1/data/1.hea"}, "endless": {"ludb/1.0.1/data/2.dat"},
+               "trickle_once": {"ludb/1.0.1/ludb.csv": 0.05}}  # fmt: skip
+    with serve_directory(mirror, **hostile) as server:
+        hurt = ingest(server.url, "raw", "s.zarr", max_file_bytes=1 << 22, attempt_timeout=0.3)
+    assert {q["record"] for q in hurt["quarantined"]} >= {"1", "2"} and hurt["hash"] != clean["hash"]
+    with serve_directory(mirror) as server:
+        again = ingest(server.url, "raw", "s.zarr")
+    assert again["quarantined"] == [] and again["hash"] == clean["hash"]

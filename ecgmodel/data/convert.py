@@ -73,8 +73,9 @@ def convert_batch(
     batches, names, failures = [], [], []
     try:
         meta = _metadata(str(root), source.layout, source.slug)
-    except FileNotFoundError as e:
-        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable table: every record of it is quarantined
+        reason = str(e) if isinstance(e, FileNotFoundError) else \
+            f"{source.slug}: metadata table unreadable ({type(e).__name__}: {e})"  # fmt: skip
         return BatchResult(None, [], [{"record": Source.record_name(p), "reason": reason} for p in record_paths])
     for path in record_paths:
         name = Source.record_name(path)

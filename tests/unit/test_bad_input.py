@@ -299,3 +299,11 @@ def test_reingest_after_hostile_server_faults_matches_an_undisturbed_run(tmp_pat
     with serve_directory(mirror) as server:
         again = ingest(server.url, "raw", "s.zarr")
     assert again["quarantined"] == [] and again["hash"] == clean["hash"]
+
+
+def test_unreadable_metadata_table_quarantines_its_records_without_stopping(tmp_path):
+    root = copy_source(tmp_path, "ludb/1.0.1")
+    (root / "ludb.csv").write_text("Rhythms,Sex\nSinus,F\n")  # no ID column
+    res = convert_batch(str(root), get_source("ludb"), ["data/1", "data/2"], 500, 10, 6)
+    assert res.records == [] and [f["record"] for f in res.failures] == ["1", "2"]
+    assert "metadata table unreadable (KeyError" in res.failures[0]["reason"]

@@ -531,7 +531,10 @@ def _commit_manifest(root: Path, manifest: dict[str, Any], durable: bool) -> Non
         tmp = root / f".{PREV_MANIFEST}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        os.link(current, tmp)  # the old manifest file itself (never rewritten in place), under a second name
+        try:
+            os.link(current, tmp)  # the old manifest file itself (never rewritten in place), under a second name
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(current, tmp)
         os.replace(tmp, root / PREV_MANIFEST)
     _write_json_atomic(current, manifest, durable)
 

@@ -142,7 +142,8 @@ def autocast_ctx(cfg: PretrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_id: str | None, tracking_uri: str | None):
+def _mlflow_start(cfg: PretrainConfig, store: str, store_hash: str, run_id: str | None, flow_run_id: str | None,
+                  tracking_uri: str | None):
     import mlflow
 
     from ecgmodel.tracking import run_tags, setup_mlflow
@@ -150,12 +151,6 @@ def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_
     setup_mlflow(cfg.run.experiment, tracking_uri)
     if run_id:
         return mlflow.start_run(run_id=run_id)
-    try:
-        from ecgmodel.data.store import content_hash
-
-        store_hash = content_hash(store)
-    except Exception:  # the tag is informative; a store without a manifest still trains
-        store_hash = "unknown"
     tags = run_tags(config_hash=config_hash(cfg), store_hash=store_hash, store_path=str(Path(store).resolve()),
                     flow_run_id=flow_run_id)
     run = mlflow.start_run(run_name=f"pretrain-{config_hash(cfg)[:8]}", tags=tags)
@@ -167,9 +162,9 @@ def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
     """The store rows pretraining reads: canonical copies of the recordings in ``cfg.data.splits`` of the store's
     persisted split assignment; plus the held-out (validation) rows the eval_* metrics use and what was seen."""
     from ecgmodel.data.split_assignment import ensure_assignment, file_sha, rows_of
-    from ecgmodel.data.store import open_store
+    from ecgmodel.data.store import Store, open_store
 
-    st = open_store(store)
+    st = store if isinstance(store, Store) else open_store(store)
     meta = st.meta()
     table, path = ensure_assignment(st, cfg.data.split)
     rows = rows_of(meta, table, cfg.data.splits)
@@ -188,7 +183,7 @@ def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
         recs = recs.assign(recording_key=recording_keys(recs).to_numpy(), split="external")
         seen = pd.concat([seen, recs[["source", "record", "recording_key", "split"]]], ignore_index=True)
         extra.append((str(other), None))
-    info = {"store": str(store), "store_hash": st.hash, "split_assignment": str(path),
+    info = {"store": str(st.path), "store_hash": st.hash, "split_assignment": str(path),
             "split_assignment_sha": file_sha(path), "splits": list(cfg.data.splits), "n_windows": int(len(rows)),
             "n_recordings": int(len(seen)), "n_eval_windows": int(min(len(eval_rows), cfg.data.eval_windows))}  # fmt: skip
     info["extra_stores"] = list(cfg.data.extra_stores)
@@ -205,7 +200,7 @@ def evaluate_held_out(model, store, selection: dict[str, Any], cfg: PretrainConf
     if len(rows) == 0:
         return {**evaluate(model, train_loader, cfg, device), "source": "train"}
     batch = min(cfg.data.batch_size, len(rows))
-    held = InMemoryLoader(str(store), batch, device, rows=rows, seed=cfg.run.seed, device_resident=True)
+    held = InMemoryLoader(store, batch, device, rows=rows, seed=cfg.run.seed, device_resident=True)
     return {**evaluate(model, held, cfg, device, batches=max(1, len(rows) // batch)), "source": "val"}
 
 
@@ -266,11 +261,16 @@ def train(
     np.random.seed(cfg.run.seed + info.rank)
     gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 7919 + info.rank)  # pretext randomness
 
-    selection = select_rows(store, cfg)
+    # One view of the store, pinned to the commit it was opened at: the rows read, the split, the recorded hash and
+    # the MLflow tag all describe that commit even if an ingest commits more rows meanwhile.
+    from ecgmodel.data.store import open_store
+
+    pinned = open_store(store)
+    selection = select_rows(pinned, cfg)
     if info.is_main:
         write_seen(out, selection["seen"], selection["info"])
     loader = make_loader(
-        str(store), cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
+        pinned, cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
         cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident, rows=selection["rows"],
         extra=selection["extra"] or None,
     )
@@ -314,7 +314,7 @@ def train(
 
     mlflow_run = None
     if cfg.run.mlflow and info.is_main:
-        mlflow_run = _mlflow_start(cfg, str(store), run_id, flow_run_id, tracking_uri)
+        mlflow_run = _mlflow_start(cfg, str(store), pinned.hash, run_id, flow_run_id, tracking_uri)
         run_id = mlflow_run.info.run_id
     buf = None
     if mlflow_run is not None:
@@ -406,7 +406,7 @@ def train(
     if finished and info.is_main:
         encoder_path = save_encoder(out / ENCODER_FILE, raw.encoder, cfg.encoder)
         result["encoder_path"] = str(encoder_path)
-        ev = evaluate_held_out(raw, store, selection, cfg, device, loader)
+        ev = evaluate_held_out(raw, pinned, selection, cfg, device, loader)
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
             result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))

@@ -348,3 +348,29 @@ def test_weighted_replicates_equal_scoring_the_drawn_records():
     acc = metric_function("localization", "test_accuracy")
     q = _accuracy_arm(rng.random(120) < 0.7)
     assert acc.weighted(q, np.bincount(idx, minlength=120)) == pytest.approx(acc(q.take(idx)))
+
+
+def test_pretraining_selection_stays_on_the_commit_it_opened(tmp_path):
+    """An ingest committing more rows while pretraining starts changes neither the rows read nor the hash
+    recorded: both come from one view pinned to the commit it was opened at."""
+    from ecgmodel.data.store import open_store
+    from ecgmodel.train.config import preset
+    from ecgmodel.train.pretrain import select_rows
+
+    records, _ = _records()
+    first, later = records.iloc[:60], records.iloc[60:]
+    path = _store(tmp_path / "store", first)
+    pinned = open_store(path)
+    before = pinned.hash
+    batches = [WindowBatch.for_record(
+        np.full((2, 12, 500), 1000 + i, dtype=np.int16), np.ones(12, bool), np.arange(2) * 500, np.full(2, 500),
+        np.zeros(2, np.uint8), record=r.record, source=r.source, database=r.database, dx=r.dx,
+        patient_id=r.patient_id, age=float(r.age), sex=r.sex) for i, r in enumerate(later.itertuples(index=False))]  # fmt: skip
+    with StoreWriter(path, fs=500, window_samples=500, create=False) as w:
+        w.append(WindowBatch.concat(batches))
+        w.commit(sources={"challenge-2020": {"version": "t"}, "challenge-2021": {"version": "t"}},
+                 dx_systems={"challenge-2020": "snomed-ct", "challenge-2021": "snomed-ct"})  # fmt: skip
+    assert open_store(path).hash != before and open_store(path).n > pinned.n
+    sel = select_rows(pinned, preset("smoke"))
+    assert sel["info"]["store_hash"] == before
+    assert sel["rows"].max() < pinned.n  # nothing of the later commit

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MIRROR = REPO_ROOT / "sample" / "physionet"
 PHYSIONET_MIRROR = "https://physionet.org/files/"
 ALL_SOURCES = ["challenge-2020", "challenge-2021", "ptb-xl", "ludb"]
-DownstreamTask = Literal["arrhythmia27", "localization"]
+DownstreamTask = Literal["arrhythmia27", "localization", "ptbxl-superclass"]
 
 
 class IngestSection(BaseModel):
@@ -86,14 +86,31 @@ class AblationSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[DownstreamTask] = Field(
-        default_factory=lambda: ["arrhythmia27", "localization"],
-        description="Downstream tasks: 27-class arrhythmia (Challenge 2020 metric) and origin localization.",
+        default_factory=lambda: ["arrhythmia27", "localization", "ptbxl-superclass"],
+        description="Downstream tasks: arrhythmia (Challenge 2020 metric), origin localization, and the PTB-XL "
+        "diagnostic-superclass benchmark (macro AUROC).",
     )
     fractions: list[float] = Field(
-        default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
         description="Fractions of the labelled training set (nested subsets), each in (0, 1].",
     )
-    seeds: int = Field(3, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
+    seeds: int = Field(5, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
+    margin: float = Field(
+        0.01, ge=0, description="Non-inferiority margin of labels_to_match, in units of the task's metric "
+        "(smallest fraction whose lower 95% CI bound of SSL(f) - random(100%) is >= -margin from there on).",
+    )
+    bootstrap_samples: int = Field(1000, ge=10, description="Paired-bootstrap replicates behind every CI.")
+    schedule_grid: list[dict[str, float]] | None = Field(
+        None, description="Per-init schedule grid (lr, encoder_lr_scale, warmup_fraction) chosen on validation; "
+        "None: the documented default (ecgmodel.downstream.config.DEFAULT_SCHEDULE_GRID); one point: no tuning.",
+    )
+    allow_pretrain_overlap: bool = Field(
+        False, description="Run even when the encoder was pretrained on a task's val/test recordings (reported)."
+    )
+    pretext_ablation: bool = Field(
+        False, description="Pretrain one encoder per pretext arm (mask only, shuffle only, joint; same budget) "
+        "and compare them downstream under one MLflow parent run per task.",
+    )
     modes: list[str] = Field(
         default_factory=lambda: ["linear", "full"],
         description="How the encoder is trained downstream: 'linear' (frozen probe) and/or 'full' fine-tuning.",
@@ -169,9 +186,13 @@ class PipelineConfig(BaseModel):
             # 3 fractions x 2 inits x 2 seeds per task: two seeds give the plot an interval (still noisy: the
             # sample has a few dozen records, and the output says so)
             ablation=AblationSection(
+                tasks=["arrhythmia27", "localization"],
                 fractions=[0.25, 0.5, 1.0], seeds=2, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
                 # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
                 overrides={"optim.epochs": 5, "min_class_records": 3},
+                bootstrap_samples=200, margin=0.02,
+                schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1, "warmup_fraction": 0.0},
+                               {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}],
             ),
         )
 

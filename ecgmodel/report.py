@@ -102,14 +102,22 @@ def render_summary(
         ]
     for name, res in ablations.items():
         parent = res.get("parent_run_id")
+        ci = res.get("gain_ci") or {}
+        sig = res.get("significant") or {}
+        gains = ", ".join(
+            f"{f}: {g:+.3f} [{ci[f][0]:+.3f}, {ci[f][1]:+.3f}]{'' if sig.get(f) else ' (not significant)'}"
+            if f in ci and all(isinstance(v, float) and math.isfinite(v) for v in [g, *ci[f]]) else f"{f}: {_fmt(g)}"
+            for f, g in (res.get("gains") or {}).items()
+        ) or "-"
         lines += [
             f"## {name}",
             "",
             "| headline | value |",
             "|---|---|",
-            f"| labels to match (fraction of labels the SSL encoder needs to match random init on all) "
-            f"| {_fmt(res.get('labels_to_match'))} |",
-            f"| gains (SSL - random, per fraction) | {_fmt(res.get('gains'))} |",
+            f"| labels to match (smallest label fraction from which SSL is non-inferior to random init on all "
+            f"labels: 95% CI, margin {_fmt(cfg.ablation.margin)}) "
+            f"| {res.get('labels_to_match_text') or _fmt(res.get('labels_to_match'))} |",
+            f"| gains (SSL - random per fraction, paired-bootstrap 95% CI) | {gains} |",
             f"| best | {_fmt(res.get('best'))} |",
             f"| MLflow parent run | {mlflow_run_link(uri, parent, exp.get(str(parent)))} |",
             f"| experiment | {_fmt(res.get('experiment'))} |",
@@ -117,6 +125,10 @@ def render_summary(
             f"| label-efficiency plot | `{_fmt(res.get('plot'))}` |",
             "",
         ]
+        if res.get("pretrain_overlap"):
+            lines += [f"> {res['pretrain_overlap']}", ""]
+        lines += [f"- {line}" for line in res.get("statements") or []]
+        lines += [""] if res.get("statements") else []
     return "\n".join(lines)
 
 

@@ -54,6 +54,9 @@ CELL_FAILURE_HINT = (
 )
 
 
+PRETEXT_ARMS = ("mask", "shuffle", "joint")
+
+
 class PipelineFailed(RuntimeError):
     """A pipeline run that finished its report but whose stages did not all succeed (``.result``: the report)."""
 
@@ -133,8 +136,12 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         )
     seconds["ingest"], t0 = time.perf_counter() - t0, time.perf_counter()
 
-    # 2. pretrain: keyed on the config and the store's content hash
+    # 2. pretrain: keyed on the config and the store's content hash; reads the train split of the store's split
+    # assignment (linked to PTB-XL's patients when its metadata is at hand), the one the ablations use
+    split_overrides = split_settings(cfg)
     pretrain_cfg = cfg.pretrain.model_dump()
+    pretrain_cfg["overrides"] = {**pretrain_cfg["overrides"],
+                                 **{f"data.split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
     pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
     pretrained = pretrain_stage(pretrain_cfg, cfg.ingest.store, store_hash)
     encoder = pretrained.get("encoder_path")
@@ -148,13 +155,30 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         encoder_hash = file_fingerprint(encoder)
         if encoder_hash is None:
             raise FileNotFoundError(f"pretraining finished but its encoder file {encoder!r} does not exist")
+    arms: dict[str, str] = {}
+    if cfg.ablation.pretext_ablation:  # one encoder per pretext task, same preset and budget as the main one
+        from ecgmodel.train.pretrain import build_config as pretrain_config
+
+        main_mode = pretrain_config(cfg.pretrain.preset, pretrain_cfg["overrides"]).ssl.mode
+        for arm in PRETEXT_ARMS:
+            if arm == main_mode:
+                arms[f"ssl-{arm}"] = encoder
+                continue
+            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm})
+            arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
+            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}")(
+                arm_cfg, cfg.ingest.store, store_hash)["encoder_path"]  # fmt: skip
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI. A failed
     # ablation does not stop the other one; the run ends Failed after its report.
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
-        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir"})
+        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation"})
+        ablation_cfg["overrides"] = {**ablation_cfg["overrides"],
+                                     **{f"split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
+        if arms:
+            ablation_cfg["encoders"] = arms
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
         args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
@@ -220,6 +244,21 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         logger.error("pipeline failed: %s", message)
         return Failed(message=message, data=PipelineFailed(message, result))
     return result
+
+
+def split_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """Split settings shared by pretraining and the ablations: PTB-XL's metadata (the patients of the
+    Challenge's PTB-XL copies) from the mirror, when a Challenge source is ingested and the file is there."""
+    if not {"challenge-2020", "challenge-2021"} & set(cfg.ingest.sources):
+        return {}
+    from ecgmodel.data.sources import get_source
+
+    rel = f"ptb-xl/{get_source('ptb-xl').version}/ptbxl_database.csv"
+    mirror = cfg.ingest.mirror.removeprefix("file://")
+    if mirror.startswith(("http://", "https://")):
+        return {"ptbxl_metadata": f"{mirror.rstrip('/')}/{rel}"}
+    path = Path(mirror) / rel
+    return {"ptbxl_metadata": str(path)} if path.is_file() else {}
 
 
 def _store_windows(store: str) -> int | None:

@@ -21,7 +21,8 @@ def small_config(tmp: Path) -> PipelineConfig:
         "optim.max_steps": 4, "data.batch_size": 8, "run.progress": False, "run.register_model": False})
     cfg["ablation"].update(tasks=["localization"], fractions=[1.0], seeds=1, modes=["full"], inits=["random", "ssl"],
                            overrides={"optim.epochs": 1, "min_class_records": 2}, max_concurrent=1,
-                           out_dir=str(tmp / "ablation"))
+                           out_dir=str(tmp / "ablation"), bootstrap_samples=50,
+                           schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}])
     return PipelineConfig.model_validate(cfg)
 
 

@@ -125,7 +125,7 @@ def _ref_compute_challenge_metric(weights, labels, outputs, classes, normal_clas
     if correct_score != inactive_score:
         normalized_score = float(observed_score - inactive_score) / float(correct_score - inactive_score)
     else:
-        normalized_score = 0.0
+        normalized_score = float("nan")
     return normalized_score
 
 

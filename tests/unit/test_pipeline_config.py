@@ -43,7 +43,7 @@ def test_a_config_file_can_name_the_preset(tmp_path):
 def test_defaults_and_demo_preset():
     full, demo = PipelineConfig(), PipelineConfig.demo()
     assert full.ingest.sources == ALL_SOURCES and full.pretrain.preset == "base"
-    assert full.ablation.tasks == ["arrhythmia27", "localization"]
+    assert full.ablation.tasks == ["arrhythmia27", "localization", "ptbxl-superclass"]
     assert Path(demo.ingest.mirror) == SAMPLE_MIRROR and SAMPLE_MIRROR.is_dir()
     assert demo.pretrain.preset == "smoke" and demo.ingest.store.startswith(".demo/")
     assert config_hash(full) != config_hash(demo)

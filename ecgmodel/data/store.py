@@ -375,7 +375,11 @@ class Store:
         """One row per committed window with every 1-D array of the store (strings as Python str)."""
         if self._meta is None:
             cols = {}
+            schema = self._manifest.get("schema_version", 1)
             for name in META_COLUMNS:
+                if name in PROVENANCE_COLUMNS and schema < 2:  # schema-1 stores predate provenance: unknown ("")
+                    cols[name] = np.full(self.n, "", dtype=object)
+                    continue
                 values = self._group[name][: self.n]
                 cols[name] = values.astype(object) if name in _STR_COLUMNS else values
             self._meta = pd.DataFrame(cols)

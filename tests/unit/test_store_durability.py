@@ -168,7 +168,9 @@ def test_schema_1_store_is_migrated_with_its_content_digests(tmp_path):
         (path / name).rmdir()
     m["schema_version"] = 1
     (path / MANIFEST).write_text(json.dumps(m))
-    assert open_store(path).n == len(b)  # readable as is
+    assert open_store(path).n == len(b)  # readable as is, metadata included (provenance unknown)
+    old = open_store(path).meta()
+    assert len(old) == len(b) and old.record_path.tolist() == [""] * len(b) and (old.raw_sha256 == "").all()
     with pytest.raises(StoreError, match="migrate_store"):
         writer(path)
     new = migrate_store(path)

@@ -12,15 +12,17 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install demo test test-fast lint bench ui clean
+.PHONY: install demo test test-fast lint bench ui clean clean-data
 
 # (Re)create the venv when it is missing or older than the dependency files. Plain pip (not uv): pip's
 # configuration picks the right torch build; the constraints file pins torch.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "Installing ecgssl and its dependencies into $(VENV) (torch, prefect, mlflow, ...): a few minutes the first time."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+	@echo "Installed. To use the commands directly: source $(VENV)/bin/activate   (then: ecgssl --help)"
 
 install: $(STAMP)
 
@@ -42,5 +44,10 @@ lint: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/ecgssl ui
 
+# What the demo, the tests and local runs wrote (the environment, results, MLflow stores, checkpoints). Downloads
+# and the Zarr store in data/ are kept: they take hours to rebuild; `make clean-data` removes them.
 clean:
-	rm -rf $(VENV) .demo .prefect mlflow.db
+	rm -rf $(VENV) .demo .prefect mlflow.db mlflow-server.db mlruns mlartifacts runs
+
+clean-data:
+	rm -rf data

@@ -1,4 +1,5 @@
-"""Downstream figures: the label-efficiency curve of an ablation (Agg backend, returns a Figure)."""
+"""Downstream figures: the label-efficiency curve of an ablation and its gains with bootstrap CIs (Agg backend,
+returns a Figure)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,39 @@ def plot_label_efficiency(
     metric: str,
     labels_to_match: dict[str, float] | None = None,
     title: str = "Label efficiency",
+    evidence: pd.DataFrame | None = None,
 ):
-    """Metric vs label fraction (log x): mean over seeds with its 95% interval, one line per (init, mode).
-
-    ``summary``: the output of :func:`ecgmodel.downstream.ablation.summarize`. The random-init mean at 100%
-    is drawn as a horizontal reference per mode; ``labels_to_match`` ``{mode: fraction}`` is marked on it.
+    """Left: metric vs label fraction (log x), mean over seeds with its 95% interval, one line per (init, mode);
+    the random-init mean at 100% is a horizontal reference per mode and ``labels_to_match`` ``{mode: fraction}``
+    is marked on it. Right (when ``evidence`` is given, see ``ecgmodel.downstream.ablation.evidence``): the
+    SSL - random gain per fraction with its paired-bootstrap 95% CI; hollow markers = CI includes 0.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if evidence is not None and len(evidence):
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+        for (arm, mode), part in evidence.groupby(["arm", "mode"], sort=True):
+            part = part.sort_values("fraction")
+            x = part["fraction"].to_numpy(float)
+            y = part["gain"].to_numpy(float)
+            err = np.vstack([y - part["gain_ci_low"].to_numpy(float), part["gain_ci_high"].to_numpy(float) - y])
+            sig = part["gain_significant"].to_numpy(bool)
+            line = gx.errorbar(x, y, yerr=np.nan_to_num(err), ls=STYLES.get(mode, "-"), capsize=3,
+                               label=f"{arm} - random ({mode})")  # fmt: skip
+            color = line[0].get_color()
+            gx.plot(x[~sig], y[~sig], "o", mfc="white", color=color)
+            gx.plot(x[sig], y[sig], "o", color=color)
+        gx.axhline(0.0, color="black", lw=0.8)
+        gx.set_xscale("log")
+        fr = sorted(evidence["fraction"].unique())
+        gx.set_xticks(fr)
+        gx.set_xticklabels([f"{f:g}" for f in fr])
+        gx.minorticks_off()
+        gx.set_xlabel("fraction of labelled training records (log scale)")
+        gx.set_ylabel(f"gain in {metric} (paired bootstrap 95% CI)")
+        gx.set_title("SSL - random (hollow: not significant)")
+        gx.grid(alpha=0.3)
+        gx.legend(fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for (init, mode), part in summary.groupby(["init", "mode"], sort=True):
         part = part.sort_values("fraction")
         x = part["fraction"].to_numpy(float)

@@ -3,6 +3,9 @@
 * Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<cwd>/mlflow.db`` (one file, no server).
 * Every run is tagged with the git commit, the config hash, the store's content hash and, when the run is
   driven by Prefect, the flow-run id (passed in by the Prefect task: this library never imports prefect).
+* Every experiment the project creates carries the tag ``mlflow.experimentKind = custom_model_development``
+  (:data:`EXPERIMENT_KIND`): the MLflow 3 UI opens experiments without it in its GenAI view; with it, in the
+  model-training view (runs, metrics, charts). The value is the UI's own enumeration (mlflow 3.17).
 * Metrics are batched (:class:`MetricBuffer`) because each SQLite write costs ~5 ms.
 """
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # mlflow.pytorch.log_model / registry calls are not thread-safe (seen crashing from two threads).
 MLFLOW_WRITE_LOCK = threading.Lock()
@@ -35,6 +40,8 @@ def setup_mlflow(experiment: str, uri: str | None = None) -> str:
 
     mlflow.set_tracking_uri(uri or tracking_uri())
     exp = mlflow.set_experiment(experiment)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 

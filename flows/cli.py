@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (module, description) - every module here defines register_cli(subparsers).
@@ -17,8 +18,28 @@ COMMAND_MODULES = [
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
     "flows.embed",      # embed
-    "flows.pipeline",   # pipeline, ui
+    "flows.cli_pipeline",  # pipeline
+    "flows.ui",         # ui
 ]
+
+
+# The project's defaults for the environment (the Makefile exports the same): no usage telemetry from Prefect,
+# MLflow or the libraries that honour DO_NOT_TRACK, and a start-up timeout for Prefect's ephemeral API server that
+# two loaded cores meet (Prefect's own is 20 s). A value the user set is kept.
+ENV_DEFAULTS = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def apply_env_defaults(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set every :data:`ENV_DEFAULTS` variable the environment does not set; returns the ones it set."""
+    env = os.environ if environ is None else environ
+    applied = {k: v for k, v in ENV_DEFAULTS.items() if k not in env}
+    env.update(applied)
+    return applied
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_env_defaults()  # before prefect / mlflow are imported: they read these at import or first use
     parser = build_parser()
     args = parser.parse_args(argv)
     code = args.func(args)

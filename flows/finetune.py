@@ -1,7 +1,8 @@
 """Fine-tuning flow: one downstream run (``ecgssl finetune``) as a standalone MLflow run.
 
-``ecgssl finetune --task arrhythmia27|localization --store PATH --init random|URI --fraction F --seed S
-[--mode full|linear] [--set key=value]``. ``--init`` takes ``random`` or a pretrained encoder reference
+``ecgssl finetune --task arrhythmia27|localization|ptbxl-superclass --store PATH --init random|URI --fraction F
+--seed S [--mode full|linear] [--arch-from URI] [--set key=value]``. A random init needs ``--arch-from`` (the
+pretrained encoder it is compared with, so both have one architecture) or explicit ``--set encoder.*`` keys. ``--init`` takes ``random`` or a pretrained encoder reference
 (checkpoint path, MLflow run id, ``runs:/...``, ``models:/ecgssl-encoder/N``). Every key of
 :class:`ecgmodel.downstream.config.FinetuneConfig` can be set with ``--set`` (e.g. ``--set optim.epochs=5``).
 """
@@ -27,14 +28,21 @@ def finetune_flow(
     mode: str = "full",
     overrides: dict | None = None,
     out_dir: str | None = None,
+    arch_from: str | None = None,
 ) -> dict:
     """Fine-tune once; returns the run's metrics, its MLflow run id and the artifact folder."""
     from ecgmodel.config import apply_overrides, config_hash
     from ecgmodel.downstream.config import FinetuneConfig
 
     cfg = apply_overrides(
-        FinetuneConfig(task=task, store=str(store), init=init, fraction=fraction, seed=seed, mode=mode), overrides
+        FinetuneConfig(task=task, store=str(store), init=init, fraction=fraction, seed=seed, mode=mode,
+                       arch_from=arch_from), overrides  # fmt: skip
     )
+    if cfg.init == "random" and not cfg.arch_from and not any(k.startswith("encoder") for k in (overrides or {})):
+        raise ValueError(
+            "a random init needs the architecture it is compared with: pass --arch-from ENCODER (the pretrained "
+            "encoder's reference) or set the architecture explicitly (--set encoder.d_model=... encoder.n_layers=...)"
+        )
     name = cell_name("random" if cfg.init == "random" else "ssl", cfg.mode, cfg.fraction, cfg.seed)
     out = out_dir or str(Path("runs") / "finetune" / f"{task}-{name}-{config_hash(cfg)}")
     return finetune_task(cfg.model_dump(mode="json"), out, None, name)
@@ -56,18 +64,19 @@ def _parse_set(items: list[str] | None) -> dict | None:
 def _handler(args: argparse.Namespace) -> int:
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
-        overrides=_parse_set(args.set), out_dir=args.out,
+        overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from,
     )  # fmt: skip
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune on arrhythmia27 or localization (one MLflow run)",
+    p = sub.add_parser("finetune", help="fine-tune on arrhythmia27, localization or ptbxl-superclass (one MLflow run)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--task", choices=["arrhythmia27", "localization"], default="arrhythmia27")
+    p.add_argument("--task", choices=["arrhythmia27", "localization", "ptbxl-superclass"], default="arrhythmia27")
     p.add_argument("--store", required=True, help="path of the ecgssl store")
     p.add_argument("--init", default="random", help="random, or a pretrained encoder reference")
+    p.add_argument("--arch-from", default=None, help="random init: the encoder whose architecture it copies")
     p.add_argument("--fraction", type=float, default=1.0, help="share of the training labels used, (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the label subset and the training")
     p.add_argument("--mode", choices=["full", "linear"], default="full", help="full fine-tune or linear probe")

@@ -111,7 +111,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ecgmodel.data.store import migrate_store, recover_store
+
     try:
+        if getattr(args, "recover", False):
+            recover_store(args.store)
+        if getattr(args, "migrate", False):
+            migrate_store(args.store)
         summary = open_store(args.store).summary()
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -141,6 +147,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("inspect", help="summarise a store: windows, records per source/database, quarantine")
     q.add_argument("store", metavar="STORE", help="path of the store")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--recover", action="store_true",
+                   help="first restore a lost commit.json from commit.prev.json (the commit before the last)")
+    q.add_argument("--migrate", action="store_true", help="first upgrade an older store schema in place")
     q.set_defaults(func=_cmd_inspect)
 
 

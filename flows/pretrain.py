@@ -1,6 +1,6 @@
 """Pretraining flow (``ecgssl pretrain``): self-supervised pretraining of the ECG encoder on a store.
 
-``ecgssl pretrain --store PATH [--preset smoke|base] [--set key=value ...] [--out DIR] [--no-resume]``
+``ecgssl pretrain --store PATH [--preset smoke|cpu|base] [--set key=value ...] [--out DIR] [--no-resume]``
 
 Keys for ``--set`` are those of :class:`ecgmodel.train.config.PretrainConfig` (e.g. ``optim.max_steps=500``,
 ``data.loader=stream``, ``ssl.mode=mask``). The run resumes from ``DIR/ckpt_last.pt`` when it exists. For
@@ -14,8 +14,9 @@ import json
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
-from tasks.pretrain import pretrain_task
+from tasks.pretrain import pretrain_task, torchrun_pretrain
 
 
 @flow(name="pretrain", log_prints=True)
@@ -34,6 +35,25 @@ def pretrain_flow(
     print(f"checkpoint: {result['checkpoint']}")
     if result.get("encoder_uri"):
         print(f"encoder: {result['encoder_uri']} (MLflow run {result['run_id']})")
+    return result
+
+
+
+@flow(name="pretrain-ddp", log_prints=True)
+def pretrain_ddp_flow(
+    store: str,
+    preset: str = "base",
+    overrides: dict[str, Any] | None = None,
+    resume: bool = True,
+    out: str = "runs/pretrain",
+    nproc_per_node: int | None = None,
+) -> dict[str, Any]:
+    """Pretraining on every GPU of the host: ``torchrun`` via infra/torchrun/pretrain.sh (gpu work pool)."""
+    from ecgmodel.train.pretrain import build_config
+
+    build_config(preset, overrides)  # bad keys / values fail here, before any process starts
+    result = torchrun_pretrain(store, preset, overrides, resume, out, nproc_per_node, flow_run.id)
+    print(f"encoder: {result['encoder_path']} (MLflow run {result.get('run_id')})")
     return result
 
 

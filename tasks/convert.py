@@ -15,9 +15,16 @@ from prefect.exceptions import MissingContextError
 
 from ecgmodel.data.convert import convert_sources
 from ecgmodel.data.ingest_config import IngestConfig
-from ecgmodel.data.store import StoreError
+from ecgmodel.data.store import StoreError, StoreLockedError
+from tasks.progress import ProgressArtifact
 
-# Another attempt cannot fix these: a locked or incompatible store, a bad config.
+# Every task that writes a store carries this tag. `prefect concurrency-limit create store-writer 1` makes
+# Prefect queue concurrent writers (e.g. the daily ingest and the weekly pipeline sharing one store) instead of
+# letting the second one wait on the store's lock (IngestConfig.lock_timeout_s) or fail.
+STORE_WRITER_TAG = "store-writer"
+
+# Another attempt cannot fix these: an incompatible store, a bad config. A store still locked by another
+# writer after the config's lock_timeout_s (StoreLockedError) is worth another attempt.
 _PERMANENT = (StoreError, ValueError, TypeError)
 
 
@@ -25,6 +32,8 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:
+        return True
+    if isinstance(exc, StoreLockedError):
         return True
     return not isinstance(exc, _PERMANENT)
 
@@ -37,6 +46,7 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
     retry_condition_fn=_retry_unless_permanent,
     # No result cache: the store's commit manifest makes a repeated run a cheap no-op.
     cache_policy=NONE,
+    tags=[STORE_WRITER_TAG],
 )
 def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> dict[str, Any]:
     """Convert the records of ``fetched`` (fetch-task results) into ``config["store"]``; returns the summary."""
@@ -45,7 +55,8 @@ def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> d
     except MissingContextError:  # convert_to_store.fn(...) outside a run
         logger = logging.getLogger(__name__)
     cfg = IngestConfig.model_validate(config)
-    summary = convert_sources(cfg, fetched)
+    progress = ProgressArtifact("ingest-progress", "records converted into the store")
+    summary = convert_sources(cfg, fetched, on_progress=progress)
     for slug, stats in summary["run"].items():
         logger.info("%s: %s", slug, stats)
     for q in summary["quarantined"][:20]:

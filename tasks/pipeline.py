@@ -1,10 +1,7 @@
-"""Pipeline stages as cached Prefect tasks: ingest -> pretrain -> ablation.
+"""Prefect tasks of the pipeline flow: the fingerprints its stage caches are keyed on, and its MLflow summary run.
 
-Each stage wraps the flow that owns the work (``flows.ingest`` / ``flows.pretrain`` / ``flows.ablation``; they
-run as nested flow runs under the stage's task run) and adds stage-level caching, so a re-run of the pipeline
-after a crash or a schedule tick continues instead of redoing finished stages.
-
-Why the cache keys carry *state*, not only inputs: an inputs-only key stays "Cached" after the output it
+The stages themselves (``flows/stages.py``) wrap the flows that own the work and are cached. Why their cache keys
+carry *state*, not only inputs: an inputs-only key stays "Cached" after the output it
 produced was deleted or changed. So every stage takes the fingerprint of what the previous stage produced as
 an explicit input (the mirror's checksum listings for ingest, the store's content hash for pretraining, the
 encoder file's sha256 for the ablations), and the pipeline checks the cached output still matches the
@@ -18,18 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN_LAUNCHER = REPO_ROOT / "infra" / "torchrun" / "pretrain.sh"
+from ecgmodel.pipeline_config import PipelineConfig
 
 # Cached stage results live in the Prefect result storage (PREFECT_HOME/storage by default; point
 # PREFECT_RESULTS_LOCAL_STORAGE_PATH or a storage block at shared storage when workers run on several hosts).
@@ -100,94 +94,70 @@ def mlflow_run_exists(run_id: str | None, tracking_uri: str) -> bool:
     return run.info.lifecycle_stage != "deleted"
 
 
-@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
-def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
-    """Download + convert into the store (``flows.ingest.ingest_flow``). Key: config + mirror listings."""
-    from flows.ingest import ingest_flow
+@task(cache_policy=NO_CACHE)
+def experiment_ids(uri: str, run_ids: list[str | None]) -> dict[str, str | None]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    return dict(ingest_flow(**ingest))
-
-
-@task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
-def pretrain_stage(pretrain: dict[str, Any], store: str, store_hash: str, rebuild: bool = False) -> dict[str, Any]:
-    """Self-supervised pretraining (``flows.pretrain.pretrain_flow``). Key: config + store content hash.
-
-    The training loop resumes from its own checkpoint, so a stage interrupted mid-way continues when re-run.
-    ``rebuild`` (not part of the cache key, so the new result replaces the stale cache entry) trains from
-    scratch: used when a finished run's encoder file has disappeared.
-    """
-    pretrain = dict(pretrain)
-    if rebuild:
-        pretrain["resume"] = False
-    launcher = pretrain.pop("launcher", "inline")
-    nproc = pretrain.pop("nproc_per_node", None)
-    if launcher == "torchrun":
-        from flows.pipeline import pretrain_ddp_flow
-
-        return dict(pretrain_ddp_flow(store=store, nproc_per_node=nproc, **pretrain))
-    from flows.pretrain import pretrain_flow
-
-    return dict(pretrain_flow(store=store, **pretrain))
+    client = MlflowClient(tracking_uri=uri)
+    out: dict[str, str | None] = {}
+    for run_id in filter(None, run_ids):
+        try:
+            out[run_id] = client.get_run(run_id).info.experiment_id
+        except MlflowException:
+            out[run_id] = None
+    return out
 
 
-@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
-def ablation_stage(
-    task_name: str,
-    ablation: dict[str, Any],
-    store: str,
-    store_hash: str,
-    encoder: str | None,
+@task(cache_policy=NO_CACHE)
+def log_pipeline_run(
+    cfg: PipelineConfig,
+    uri: str,
+    summary_md: str,
+    ingested: dict[str, Any],
+    pretrained: dict[str, Any],
+    ablations: dict[str, dict[str, Any]],
+    flow_run_id: str | None,
     encoder_hash: str | None,
-    tracking_uri: str,
-) -> dict[str, Any]:
-    """Label-fraction ablation of one downstream task (``flows.ablation.ablation_flow``).
+    failed: bool = False,
+) -> str:
+    """One MLflow run per pipeline run: params, tags linking every stage's runs, headline metrics, summary."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
 
-    Key: config + store content hash + encoder sha256 + tracking URI (the results live there).
-    """
-    from flows.ablation import ablation_flow
+    from ecgmodel.config import config_hash, flatten
+    from ecgmodel.report import numeric_items
+    from ecgmodel.tracking import run_tags, setup_mlflow
 
-    return dict(ablation_flow(task=task_name, store=store, encoder=encoder, **ablation))
-
-
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30)
-def torchrun_pretrain(
-    store: str,
-    preset: str,
-    overrides: dict[str, Any] | None,
-    resume: bool,
-    out: str,
-    nproc_per_node: int | None = None,
-    flow_run_id: str | None = None,
-) -> dict[str, Any]:
-    """Multi-process pretraining through ``infra/torchrun/pretrain.sh`` (DDP: one process per GPU).
-
-    The training entry point resumes from ``<out>/ckpt_last.pt``, so the retry continues the interrupted run.
-    Rank 0 prints its result as one JSON line last; that line is the task's result.
-    """
-    logger = get_run_logger()
-    cmd = ["bash", str(TORCHRUN_LAUNCHER), "--store", store, "--preset", preset, "--out", out]
-    for key, value in (overrides or {}).items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
-    if not resume:
-        cmd.append("--no-resume")
-    env = dict(os.environ, ECGSSL_HOME=str(REPO_ROOT))
-    env.setdefault("PYTHON", sys.executable)  # the interpreter of this environment, not whatever is on PATH
-    if nproc_per_node:
-        env["NPROC_PER_NODE"] = str(nproc_per_node)
-    if flow_run_id:
-        env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # ecgmodel.tracking.run_tags reads it: MLflow run tag
-    logger.info("launching %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"torchrun pretraining on {store} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
-        )
-    for line in reversed(proc.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            result = json.loads(line)
-            break
-    else:
-        raise RuntimeError(f"torchrun pretraining printed no result line; output ends with:\n{proc.stdout[-2000:]}")
-    if "encoder_path" not in result:
-        raise RuntimeError(f"pretraining stopped at step {result.get('step')} without exporting an encoder")
-    return result
+    exp_id = setup_mlflow(cfg.experiment, uri)
+    extra: dict[str, Any] = {
+        "ecgssl.stage": "pipeline",
+        "ecgssl.pretrain_run_id": pretrained.get("run_id") or "",
+        "ecgssl.encoder_path": pretrained.get("encoder_path") or "",
+        "ecgssl.encoder_sha256": encoder_hash or "",
+    }
+    for name, res in ablations.items():
+        extra[f"ecgssl.ablation.{name}.parent_run_id"] = res.get("parent_run_id") or ""
+    tags = run_tags(
+        config_hash=config_hash(cfg),
+        store_hash=ingested.get("store_hash"),
+        store_path=cfg.ingest.store,
+        flow_run_id=flow_run_id,
+        extra=extra,
+    )
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(exp_id, run_name=f"pipeline-{config_hash(cfg)}", tags=tags)
+    run_id = run.info.run_id
+    params = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(cfg).items()}
+    metrics = []
+    now = int(time.time() * 1000)
+    for name, res in ablations.items():
+        for key in ("labels_to_match", "gains", "best"):
+            for sub, value in numeric_items(res.get(key), f"{name}.{key}").items():
+                metrics.append(Metric(key=sub, value=value, timestamp=now, step=0))
+    client.log_batch(
+        run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+    )
+    client.log_text(run_id, summary_md, "summary.md")
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+    return run_id

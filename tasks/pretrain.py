@@ -1,4 +1,4 @@
-"""Prefect task: one pretraining run (``ecgmodel.train.pretrain.train``).
+"""Prefect tasks: one pretraining run in-process (``ecgmodel.train.pretrain.train``) or under torchrun.
 
 Paths, a preset name and overrides go in; a small dict (checkpoint path, encoder path/URI, MLflow run id,
 final metrics) comes out. No caching: training resumes from its own checkpoint in ``out``, whatever the
@@ -7,10 +7,18 @@ orchestrator remembers, so a retry or a re-run after a crash continues where the
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_LAUNCHER = REPO_ROOT / "infra" / "torchrun" / "pretrain.sh"
 
 PRETRAIN_TAG = "ecgssl-pretrain"  # a tag concurrency limit on it queues GPU runs across flows
 
@@ -27,8 +35,54 @@ def pretrain_task(
     from prefect.runtime import flow_run
 
     from ecgmodel.train.pretrain import build_config, train
+    from tasks.progress import ProgressArtifact
 
     cfg = build_config(preset, overrides)
+    progress = ProgressArtifact("pretrain-progress", "pretraining steps")
     # a Prefect retry always resumes: the first attempt's checkpoint is this run's own progress
-    result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id())
+    result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id(), on_progress=progress)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30)
+def torchrun_pretrain(
+    store: str,
+    preset: str,
+    overrides: dict[str, Any] | None,
+    resume: bool,
+    out: str,
+    nproc_per_node: int | None = None,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Multi-process pretraining through ``infra/torchrun/pretrain.sh`` (DDP: one process per GPU).
+
+    The training entry point resumes from ``<out>/ckpt_last.pt``, so the retry continues the interrupted run.
+    Rank 0 prints its result as one JSON line last; that line is the task's result.
+    """
+    logger = get_run_logger()
+    cmd = ["bash", str(TORCHRUN_LAUNCHER), "--store", store, "--preset", preset, "--out", out]
+    for key, value in (overrides or {}).items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    if not resume:
+        cmd.append("--no-resume")
+    env = dict(os.environ, ECGSSL_HOME=str(REPO_ROOT))
+    env.setdefault("PYTHON", sys.executable)  # the interpreter of this environment, not whatever is on PATH
+    if nproc_per_node:
+        env["NPROC_PER_NODE"] = str(nproc_per_node)
+    if flow_run_id:
+        env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # ecgmodel.tracking.run_tags reads it: MLflow run tag
+    logger.info("launching %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"torchrun pretraining on {store} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            result = json.loads(line)
+            break
+    else:
+        raise RuntimeError(f"torchrun pretraining printed no result line; output ends with:\n{proc.stdout[-2000:]}")
+    if "encoder_path" not in result:
+        raise RuntimeError(f"pretraining stopped at step {result.get('step')} without exporting an encoder")
+    return result

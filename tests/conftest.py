@@ -21,10 +21,24 @@ os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_SCRATCH / "dask"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SCRATCH / 'mlflow.db'}"
 
 
+#: Fixtures that stand for the shared mirror; a test using any of them (directly or through another fixture)
+#: needs ../shared.
+SHARED_FIXTURES = ("shared", "physionet_mirror")
+
+
+def shared_path() -> Path:
+    """Where the shared material should be: ``$ECGSSL_SHARED`` or ``../shared`` beside the checkout."""
+    env = os.environ.get("ECGSSL_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def shared_available() -> bool:
+    return (shared_path() / "physionet").is_dir()
+
+
 def shared_dir() -> Path:
     """The shared material beside the checkout (``../shared``), or ``$ECGSSL_SHARED``."""
-    env = os.environ.get("ECGSSL_SHARED")
-    path = Path(env) if env else REPO.parent / "shared"
+    path = shared_path()
     if not (path / "physionet").is_dir():
         raise RuntimeError(f"shared test material not found at {path} (set ECGSSL_SHARED)")
     return path
@@ -38,6 +52,46 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def physionet_mirror(shared: Path) -> Path:
     return shared / "physionet"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A fresh clone has no ../shared: deselect (not skip) the tests that need it, and say so once.
+
+    CI always has the mirror beside the checkout, so there every test runs. ``ECGSSL_REQUIRE_SHARED=1`` turns a
+    missing mirror into an error instead (CI sets it, so a misplaced mirror cannot silently shrink the suite)."""
+    if shared_available():
+        return
+    if os.environ.get("ECGSSL_REQUIRE_SHARED") == "1":
+        raise pytest.UsageError(
+            f"ECGSSL_REQUIRE_SHARED=1 but the shared mirror is missing at {shared_path()} (set ECGSSL_SHARED)"
+        )
+    keep, dropped = [], []
+    for item in items:
+        needs = any(name in getattr(item, "fixturenames", ()) for name in SHARED_FIXTURES)
+        (dropped if needs else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+        config.stash[_DESELECTED] = len(dropped)
+
+
+_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = shared_path()
+    return f"ecgssl shared mirror: {where} ({'present' if shared_available() else 'absent'})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    n = config.stash.get(_DESELECTED, 0)
+    if n:
+        terminalreporter.write_line(
+            f"ecgssl: {n} tests that need the shared PhysioNet mirror were deselected: it is not at "
+            f"{shared_path()} (a fresh clone has none; CI runs them with ../shared beside the checkout, "
+            "or set ECGSSL_SHARED)",
+            yellow=True,
+        )
 
 
 def pytest_sessionfinish(session, exitstatus):

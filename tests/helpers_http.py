@@ -14,9 +14,11 @@ handler below serves files itself (in the spirit of wfdb-python's ``tests/test_u
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,9 +46,20 @@ class MirrorServer(ThreadingHTTPServer):
         """Answer Range requests with the whole file (200), like servers without Range support."""
         self.truncate_once: dict[str, int] = dict(options.pop("truncate_once", {}))
         """``{path: n}``: the first GET of ``path`` announces the full length but sends n bytes, then hangs up."""
+        # hostile modes
+        self.trickle_once: dict[str, float] = dict(options.pop("trickle_once", {}))
+        """``{path: seconds}``: the first GET of ``path`` sends one byte every ``seconds`` (a stalling server)."""
+        self.endless: set[str] = set(options.pop("endless", ()))
+        """Paths answered with an endless body of zeros and no Content-Length."""
+        self.gzip: set[str] = set(options.pop("gzip", ()))
+        """Paths answered gzip-compressed (``Content-Encoding: gzip``) whatever the client asked for."""
+        self.redirect: dict[str, str] = dict(options.pop("redirect", {}))
+        """``{path: target}``: GETs of ``path`` are answered 302 with ``Location: /<target>``."""
         if options:
             raise TypeError(f"unknown options {sorted(options)}")
         self.requests: list[tuple[str, str, str | None, int]] = []
+        self.request_headers: list[tuple[str, dict[str, str]]] = []
+        """``(path, headers)`` of every request, for checks on what the client asked for."""
         self._lock = threading.Lock()
         self._failed = 0
 
@@ -70,6 +83,10 @@ class MirrorServer(ThreadingHTTPServer):
     def _take_truncation(self, path: str) -> int | None:
         with self._lock:
             return self.truncate_once.pop(path, None)
+
+    def _take_trickle(self, path: str) -> float | None:
+        with self._lock:
+            return self.trickle_once.pop(path, None)
 
     def _log(self, method: str, path: str, rng: str | None, status: int) -> None:
         with self._lock:
@@ -106,11 +123,19 @@ class _Handler(BaseHTTPRequestHandler):
         method = "GET" if body else "HEAD"
         rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
         rng = self.headers.get("Range")
+        with self.server._lock:
+            self.server.request_headers.append((rel, dict(self.headers.items())))
         if body and self.server._take_failure(rel):
             return self._error(method, rel, rng, self.server.fail_status, self.server.fail_headers)
+        if rel in self.server.redirect:
+            return self._error(method, rel, rng, 302, {"Location": "/" + self.server.redirect[rel]})
+        if rel in self.server.endless:
+            return self._endless(method, rel, rng)
         path = (self.server.directory / rel).resolve()
         if not path.is_relative_to(self.server.directory) or not path.is_file():
             return self._error(method, rel, rng, 404)
+        if rel in self.server.gzip:
+            return self._gzip(method, rel, rng, path)
         size = path.stat().st_size
         start, end, status = 0, size - 1, 200
         if rng and not self.server.ignore_range:
@@ -140,6 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         cut = self.server._take_truncation(rel) if body else None
+        trickle = self.server._take_trickle(rel) if body else None
         if cut is not None:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -150,10 +176,17 @@ class _Handler(BaseHTTPRequestHandler):
             f.seek(start)
             remaining = length if cut is None else min(length, cut)
             while remaining > 0:
-                block = f.read(min(remaining, 1 << 16))
+                if trickle is not None:
+                    time.sleep(trickle)
+                block = f.read(min(remaining, 1 if trickle is not None else 1 << 16))
                 if not block:
                     break
-                self.wfile.write(block)
+                try:
+                    self.wfile.write(block)
+                    if trickle is not None:
+                        self.wfile.flush()
+                except OSError:  # the client gave up on us
+                    return
                 remaining -= len(block)
         if cut is not None:
             self.wfile.flush()
@@ -161,12 +194,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
 
 
+    def _endless(self, method: str, rel: str, rng: str | None) -> None:
+        self.server._log(method, rel, rng, 200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        if method != "GET":
+            return
+        block = bytes(1 << 16)
+        with contextlib.suppress(OSError):
+            for _ in range(1 << 14):  # 1 GiB at most, should the client never stop reading
+                self.wfile.write(block)
+
+    def _gzip(self, method: str, rel: str, rng: str | None, path: Path) -> None:
+        payload = gzip.compress(path.read_bytes())
+        self.server._log(method, rel, rng, 200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(payload)
+
+
 @contextlib.contextmanager
 def serve_directory(directory: str | os.PathLike, **options) -> Iterator[MirrorServer]:
     """Serve ``directory`` on ``http://127.0.0.1:<free port>/`` for the duration of the block.
 
     Options: ``fail_first``, ``fail_status``, ``fail_match``, ``fail_headers``, ``ignore_range``, ``truncate_once``
-    (see :class:`MirrorServer`).
+    and the hostile modes ``trickle_once``, ``endless``, ``gzip``, ``redirect`` (see :class:`MirrorServer`).
     """
     server = MirrorServer(Path(directory), **options)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

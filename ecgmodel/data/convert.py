@@ -8,6 +8,17 @@ most ``max_in_flight`` batches outstanding (memory stays flat whatever the numbe
 every ``commit_every`` batches and after each source. Records already committed are skipped, so an interrupted
 run resumes and a repeated run changes nothing. Invalid records are quarantined with their reason.
 
+What is refused or contained:
+
+* a source the store holds at another version or with other harmonisation settings (``fs``, window, cap,
+  :data:`~ecgmodel.data.signal.HARMONISE_VERSION`): :class:`~ecgmodel.data.store.StoreError` before any work;
+* two record paths with one record name (records are keyed by name): the later one is quarantined with both
+  paths in the reason;
+* a header whose sampling rate is not the catalog's rate for its database: quarantined before the signal is
+  read;
+* a batch whose worker dies (``KilledWorker``, out of memory): split in halves and retried until the record
+  that kills it is alone, which is quarantined; the other records are stored.
+
     report = convert_sources(cfg, [{"slug": "ptb-xl", "root": "data/raw/ptb-xl/1.0.3",
                                     "records_file": ".../.ecgssl-records.txt", "failures": []}])
 """
@@ -19,7 +30,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +38,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ecgmodel.data.ingest_config import IngestConfig
-from ecgmodel.data.signal import LeadError, harmonise
+from ecgmodel.data.signal import HARMONISE_VERSION, LeadError, harmonise
 from ecgmodel.data.sources import Source
 from ecgmodel.data.store import StoreWriter, WindowBatch, open_store
 from ecgmodel.data.wfdb_io import MetadataTable, RecordError, read_record
@@ -62,14 +73,15 @@ def convert_batch(
     batches, names, failures = [], [], []
     try:
         meta = _metadata(str(root), source.layout, source.slug)
-    except FileNotFoundError as e:
-        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable table: every record of it is quarantined
+        reason = str(e) if isinstance(e, FileNotFoundError) else \
+            f"{source.slug}: metadata table unreadable ({type(e).__name__}: {e})"  # fmt: skip
         return BatchResult(None, [], [{"record": Source.record_name(p), "reason": reason} for p in record_paths])
     for path in record_paths:
         name = Source.record_name(path)
         label = f"{source.slug}/{name}"
         try:
-            rec = read_record(root, path, source.slug, source.layout, meta)
+            rec = read_record(root, path, source.slug, source.layout, meta, expected_fs=source.expected_fs(path))
             try:
                 h = harmonise(rec.signal, rec.sig_name, rec.fs, fs=fs, window_s=window_s, max_windows=max_windows)
             except LeadError as e:
@@ -80,7 +92,8 @@ def convert_batch(
                 WindowBatch.for_record(
                     h.signal, h.lead_present, h.window_start, h.valid_length, h.qc,
                     record=name, source=source.slug, database=source.database_of(path), dx=rec.dx,
-                    patient_id=rec.patient_id, age=rec.age, sex=rec.sex, fold=rec.fold,
+                    patient_id=rec.patient_id, age=rec.age, sex=rec.sex, fold=rec.fold, record_path=path,
+                    raw_sha256=rec.raw_sha256,
                 )  # fmt: skip
             )
             names.append(name)
@@ -130,7 +143,7 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
     trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
     try:
         with dask.config.set(trim), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         ) as cluster, Client(cluster) as client:  # fmt: skip
             yield client
@@ -140,7 +153,11 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
 
 
 def _results(client: Any, fn, jobs: list[tuple], max_in_flight: int) -> Iterator[BatchResult]:
-    """Run ``fn(*job)`` for each job, yielding results in job order with <= max_in_flight outstanding."""
+    """Run ``fn(*job)`` for each job, yielding results in job order with <= max_in_flight outstanding.
+
+    A job whose worker fails (the process died: ``KilledWorker``; or any other error outside ``fn``'s own
+    per-record handling) is bisected by :func:`_contained`, so one bad record never stops the others.
+    """
     if client is None:
         for job in jobs:
             yield fn(*job)
@@ -148,26 +165,85 @@ def _results(client: Any, fn, jobs: list[tuple], max_in_flight: int) -> Iterator
     pending: deque = deque()
     it = iter(jobs)
     for job in it:
-        pending.append(client.submit(fn, *job, pure=False))
+        pending.append((job, client.submit(fn, *job, pure=False)))
         if len(pending) >= max_in_flight:
             break
     while pending:
-        future = pending.popleft()
-        result = future.result()
-        future.release()
+        job, future = pending.popleft()
+        try:
+            result = future.result()
+        except Exception as e:  # noqa: BLE001 - the worker died or the task failed as a whole
+            log.warning("batch of %d records failed (%s: %s): bisecting it", len(job[2]), type(e).__name__, e)
+            result = _contained(client, fn, job, e)
+        finally:
+            future.release()
         next_job = next(it, None)
         if next_job is not None:
-            pending.append(client.submit(fn, *next_job, pure=False))
+            pending.append((next_job, client.submit(fn, *next_job, pure=False)))
         yield result
 
 
-def convert_sources(cfg: IngestConfig | dict, fetched: list[dict[str, Any]], client: Any = "auto") -> dict:
+def _contained(client: Any, fn, job: tuple, error: BaseException) -> BatchResult:
+    """Re-run a failed batch in halves until the failing record is alone; quarantine it (one retry alone)."""
+    root, source, paths, *rest = job
+    if len(paths) == 1:
+        try:
+            return client.submit(fn, root, source, paths, *rest, pure=False).result()
+        except Exception as e:  # noqa: BLE001
+            name = Source.record_name(paths[0])
+            reason = (f"{source.slug}/{name}: the worker failed twice converting this record "
+                      f"({type(error).__name__}; then {type(e).__name__}: {e}) (worker crash)")  # fmt: skip
+            return BatchResult(None, [], [{"record": name, "reason": reason}])
+    half = len(paths) // 2
+    parts = []
+    for sub in (paths[:half], paths[half:]):
+        sub_job = (root, source, sub, *rest)
+        try:
+            parts.append(client.submit(fn, *sub_job, pure=False).result())
+        except Exception as e:  # noqa: BLE001
+            parts.append(_contained(client, fn, sub_job, e))
+    batches = [p.batch for p in parts if p.batch is not None]
+    return BatchResult(WindowBatch.concat(batches) if batches else None,
+                       [r for p in parts for r in p.records], [f for p in parts for f in p.failures])  # fmt: skip
+
+
+def source_settings(cfg: IngestConfig) -> dict[str, Any]:
+    """What decides the stored content of a source besides its files: refused when it changes in a store."""
+    return {"fs": cfg.fs, "window_s": cfg.window_s, "max_windows": cfg.max_windows_per_record,
+            "harmonise": HARMONISE_VERSION}  # fmt: skip
+
+
+def _plan(w: StoreWriter, source: Source, paths: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Records left to convert, and the quarantine of paths whose record name is taken by another path."""
+    committed = w.committed_paths()
+    first: dict[str, str] = {}
+    todo, dup = [], []
+    for p in paths:
+        name = Source.record_name(p)
+        stored = committed.get((source.slug, name))
+        other = first.setdefault(name, stored if stored else p)
+        if other != p:
+            dup.append({"source": source.slug, "record": p,
+                        "reason": f"{source.slug}/{name}: record name also used by {other}; {p} is not stored "
+                                  "(records are keyed by name: duplicate record name)"})  # fmt: skip
+        elif stored is None:
+            todo.append(p)
+    return todo, dup
+
+
+def convert_sources(
+    cfg: IngestConfig | dict,
+    fetched: list[dict[str, Any]],
+    client: Any = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Convert fetched sources into ``cfg.store``; returns the store summary plus this run's counts.
 
     ``fetched``: one dict per source with ``slug``, ``root``, the record list (``records`` or
     ``records_file``), ``version``/``mirror`` and download ``failures`` (quarantined as they are).
     ``client``: a dask Client, None (in-process) or "auto": a cluster from ``cfg.workers`` /
-    ``cfg.dask_address``, started only when some record is left to convert.
+    ``cfg.dask_address``, started only when some record is left to convert. ``on_progress(done, total)``: called
+    with the records handled so far out of those left to convert, after every batch.
     """
     cfg = cfg if isinstance(cfg, IngestConfig) else IngestConfig.model_validate(cfg)
     max_in_flight = cfg.max_in_flight or 2 * max(cfg.workers, 1) + 1
@@ -175,25 +251,35 @@ def convert_sources(cfg: IngestConfig | dict, fetched: list[dict[str, Any]], cli
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         w = stack.enter_context(
-            StoreWriter(cfg.store, fs=cfg.fs, window_samples=cfg.window_samples, chunk_windows=cfg.chunk_windows)
+            StoreWriter(cfg.store, fs=cfg.fs, window_samples=cfg.window_samples, chunk_windows=cfg.chunk_windows,
+                        lock_timeout=cfg.lock_timeout_s)  # fmt: skip
         )
-        done = w.committed_keys()
         plans = []
         for item in fetched:
             source = cfg.source(item["slug"])
+            # before any work: a source of another version or other settings must not mix with the stored one
+            w.check_source(source.slug, item.get("version", source.version), source_settings(cfg))
             paths = read_record_list(item)
-            todo = [p for p in paths if (source.slug, Source.record_name(p)) not in done]
-            plans.append((item, source, paths, todo))
+            todo, duplicates = _plan(w, source, paths)
+            plans.append((item, source, paths, todo, duplicates))
         if client == "auto":
-            need = any(todo for *_, todo in plans)
+            need = any(plan[3] for plan in plans)
             client = stack.enter_context(dask_client(cfg.workers, cfg.dask_address)) if need else None
-        for item, source, paths, todo in plans:
-            run[source.slug] = _convert_one(w, cfg, item, source, paths, todo, client, max_in_flight)
+        total, handled = sum(len(plan[3]) for plan in plans), 0
+        for item, source, paths, todo, duplicates in plans:
+            report = None if on_progress is None else functools.partial(_report_from, on_progress, handled, total)
+            run[source.slug] = _convert_one(w, cfg, item, source, paths, todo, client, max_in_flight, duplicates,
+                                            report)  # fmt: skip
+            handled += len(todo)
     summary = open_store(cfg.store).summary()
     summary["run"] = run
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["store_hash"] = summary["hash"]
     return summary
+
+
+def _report_from(on_progress: Callable[[int, int], None], base: int, total: int, done: int) -> None:
+    on_progress(base + done, total)
 
 
 def _convert_one(
@@ -205,17 +291,23 @@ def _convert_one(
     todo: list[str],
     client: Any,
     max_in_flight: int,
+    duplicates: list[dict[str, str]] = (),
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    info = {"version": item.get("version", source.version), "base_url": source.base_url(item.get("mirror", cfg.mirror))}
+    info = {"version": item.get("version", source.version), "base_url": source.base_url(item.get("mirror", cfg.mirror)),
+            "settings": source_settings(cfg)}  # fmt: skip
     quarantine = [{"source": source.slug, "record": Source.record_name(f["record"]), "reason": f["reason"]}
                   for f in item.get("failures", [])]  # fmt: skip
-    stats = {"records_listed": len(paths) + len(quarantine), "skipped": len(paths) - len(todo),
-             "stored": 0, "quarantined": len(quarantine), "windows": 0}  # fmt: skip
+    quarantine += list(duplicates)
+    stats = {"records_listed": len(paths) + len(item.get("failures", [])),
+             "skipped": len(paths) - len(todo) - len(duplicates), "stored": 0, "quarantined": len(quarantine),
+             "windows": 0}  # fmt: skip
     jobs = [
         (str(item["root"]), source, todo[i : i + cfg.batch_records], cfg.fs, cfg.window_s, cfg.max_windows_per_record)
         for i in range(0, len(todo), cfg.batch_records)
     ]
     commit = functools.partial(w.commit, sources={source.slug: info}, dx_systems={source.slug: source.dx_system})
+    handled = 0
     with tqdm(total=len(todo), desc=f"convert {source.slug}", unit="rec", disable=not cfg.progress) as bar:
         for i, res in enumerate(_results(client, convert_batch, jobs, max_in_flight)):
             if res.batch is not None:
@@ -225,6 +317,9 @@ def _convert_one(
             stats["quarantined"] += len(res.failures)
             quarantine += [{"source": source.slug, **f} for f in res.failures]
             bar.update(len(res.records) + len(res.failures))
+            handled += len(res.records) + len(res.failures)
+            if on_progress is not None:
+                on_progress(handled)
             if (i + 1) % cfg.commit_every == 0:
                 commit(quarantine=quarantine)
                 quarantine = []

@@ -24,13 +24,16 @@ The retry loop is our own because one attempt spans request, resumed body and ch
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import threading
 import time
+import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection
@@ -39,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import requests
-from filelock import FileLock
+import urllib3
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ecgmodel.data.sources import DEFAULT_MIRROR, Source, get_source
@@ -54,6 +58,13 @@ PART_SUFFIX = ".part"
 _RESERVED = {MANIFEST_NAME, LOCK_NAME, VERIFIED_RECORDS_NAME}
 _CHUNK = 1 << 16
 MAX_RETRY_AFTER = 60.0
+MAX_FILE_BYTES = 4 << 30  # no file of a catalogued source comes near this; a server sending more is refused
+ATTEMPT_TIMEOUT = 600.0  # wall-clock seconds one attempt at one file may take (a trickling server is cut off)
+LOCK_TIMEOUT = 600.0  # seconds to wait for another download of the same source folder
+# Unicode categories refused in listed names: control characters (C0, DEL, C1), format characters (bidi
+# overrides and isolates, zero-width characters, BOM), surrogates, line and paragraph separators. They could
+# make a logged name read differently from the file it names.
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _SHA256_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *]?(.+)$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -76,6 +87,10 @@ class UnsafePathError(ValueError):
         self.listing = listing
         self.entry = entry
         self.rule = rule
+
+
+class _Refused(Exception):
+    """The server's answer breaks a rule no retry can fix (too large, compressed): the file fails at once."""
 
 
 class _NotFound(Exception):
@@ -130,7 +145,8 @@ def check_relpath(entry: str, listing: str) -> str:
     """Return ``entry`` if it is a safe relative POSIX path below the source root, else raise UnsafePathError.
 
     Refused: empty names, absolute paths, ``..`` or ``.`` or empty components, backslashes, drive letters,
-    NUL and other control characters, and names reserved for our own bookkeeping files.
+    NUL and other control characters (C0, DEL and C1), bidi overrides and other invisible formatting characters,
+    and names reserved for our own bookkeeping files.
     """
     if not entry:
         raise UnsafePathError(listing, entry, "empty name")
@@ -138,6 +154,9 @@ def check_relpath(entry: str, listing: str) -> str:
         raise UnsafePathError(listing, entry, "contains NUL")
     if any(ord(c) < 32 or ord(c) == 127 for c in entry):
         raise UnsafePathError(listing, entry, "contains a control character")
+    odd = [c for c in entry if unicodedata.category(c) in _UNSAFE_CATEGORIES]
+    if odd:
+        raise UnsafePathError(listing, entry, f"contains a control or formatting character (U+{ord(odd[0]):04X})")
     if "\\" in entry:
         raise UnsafePathError(listing, entry, "contains a backslash")
     if entry.startswith("/"):
@@ -180,6 +199,31 @@ def parse_checksums(text: str, listing: str = CHECKSUMS_NAME) -> dict[str, str]:
     return out
 
 
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when unusable.
+
+    Anything else (``"²"``, ``"-1"``, ``"nan"``, garbage) is ignored rather than trusted or raised.
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, delay) if math.isfinite(delay) else None
+
+
+def decode_listing(data: bytes) -> str:
+    """A listing's text: UTF-8, with a leading byte-order mark dropped."""
+    return data.decode("utf-8-sig")
+
+
 def header_data_files(header_text: str) -> list[str]:
     """File names a single-segment WFDB header says hold its signals (``~`` = no file).
 
@@ -206,10 +250,19 @@ def header_data_files(header_text: str) -> list[str]:
 class _Mirror:
     """Where files come from: an http(s) base URL or a local folder (path or file:// URL)."""
 
-    def __init__(self, mirror: str | os.PathLike, source: Source, timeout: float | tuple[float, float]):
+    def __init__(
+        self,
+        mirror: str | os.PathLike,
+        source: Source,
+        timeout: float | tuple[float, float],
+        max_file_bytes: int = MAX_FILE_BYTES,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
+    ):
         text = os.fspath(mirror)
         parsed = urllib.parse.urlparse(text)
         self.timeout = timeout
+        self.max_file_bytes = max_file_bytes
+        self.attempt_timeout = attempt_timeout
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -234,6 +287,9 @@ class _Mirror:
         if s is None:
             s = requests.Session()
             s.headers["User-Agent"] = "ecgssl-downloader"
+            # bytes as stored: a compressed body would not match the checksums' offsets for Range resumes and
+            # could expand without bound
+            s.headers["Accept-Encoding"] = "identity"
             self._local.session = s
             with self._lock:
                 self._sessions.append(s)
@@ -249,13 +305,37 @@ class _Mirror:
         if resp.status_code in (404, 410):
             raise _NotFound(f"HTTP {resp.status_code} for {url}")
         if resp.status_code in _TRANSIENT_STATUS:
-            retry_after = resp.headers.get("Retry-After", "")
-            raise _Transient(
-                f"HTTP {resp.status_code} for {url}",
-                float(retry_after) if retry_after.isdigit() else None,
-            )
+            raise _Transient(f"HTTP {resp.status_code} for {url}", parse_retry_after(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:
             raise _NotFound(f"HTTP {resp.status_code} for {url}")
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _Refused(f"{url}: the server sent a {encoding!r}-encoded body although identity was asked for")
+        length = resp.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > self.max_file_bytes:
+            raise _Refused(f"{url}: {int(length)} bytes announced, more than the {self.max_file_bytes}-byte cap")
+
+    def _body(self, resp: requests.Response, url: str, already: int):
+        """The body in blocks as they arrive, cut off past the size cap or the attempt's wall-clock deadline.
+
+        ``read1`` returns whatever has arrived (``iter_content`` would wait for a whole block, so a server
+        trickling a byte at a time could stall an attempt for hours without tripping the read timeout).
+        """
+        deadline = time.monotonic() + self.attempt_timeout
+        total = already
+        while True:
+            try:
+                block = resp.raw.read1(_CHUNK, decode_content=False)
+            except urllib3.exceptions.HTTPError as e:  # cut off, timed out: what arrived is kept for a resume
+                raise _Transient(f"{type(e).__name__} for {url}: {e}") from e
+            if not block:
+                return
+            total += len(block)
+            if total > self.max_file_bytes:
+                raise _Refused(f"{url}: more than the {self.max_file_bytes}-byte cap")
+            yield block
+            if time.monotonic() > deadline:
+                raise _Transient(f"{url}: attempt took longer than {self.attempt_timeout:g} s (slow server)")
 
     def read_bytes(self, rel: str) -> bytes:
         url = self.url(rel)
@@ -264,10 +344,12 @@ class _Mirror:
                 return Path(url).read_bytes()
             except FileNotFoundError as e:
                 raise _NotFound(f"no such file {url}") from e
+            except OSError as e:  # a folder where a file belongs, no permission, ...
+                raise _NotFound(f"{url} is not a readable file ({type(e).__name__}: {e.strerror or e})") from e
         try:
-            with self.session().get(url, timeout=self.timeout) as resp:
+            with self.session().get(url, timeout=self.timeout, stream=True) as resp:
                 self._check_status(resp, url)
-                return resp.content
+                return b"".join(self._body(resp, url, 0))
         except requests.RequestException as e:
             raise _Transient(f"{type(e).__name__} for {url}: {e}") from e
 
@@ -293,6 +375,8 @@ class _Mirror:
                         fetched += len(block)
             except FileNotFoundError as e:
                 raise _NotFound(f"no such file {url}") from e
+            except IsADirectoryError as e:
+                raise _NotFound(f"{url} is a folder, not a file") from e
             except _Transient:
                 part.unlink(missing_ok=True)
                 raise
@@ -311,10 +395,13 @@ class _Mirror:
                             part.unlink(missing_ok=True)
                             raise _Transient(f"unexpected Content-Range {resp.headers.get('Content-Range')!r}")
                         with part.open(mode) as out:
-                            for block in resp.iter_content(_CHUNK):
+                            for block in self._body(resp, url, offset):
                                 out.write(block)
                                 sha.update(block)
                                 fetched += len(block)
+            except _Refused:
+                part.unlink(missing_ok=True)
+                raise
             except requests.RequestException as e:  # includes bodies cut short: the .part keeps what arrived
                 raise _Transient(f"{type(e).__name__} for {url}: {e}") from e
         if sha.hexdigest() != expected_sha:
@@ -416,6 +503,9 @@ def download_source(
     retries: int = 4,
     backoff: float = 0.5,
     timeout: float | tuple[float, float] = (10.0, 60.0),
+    max_file_bytes: int = MAX_FILE_BYTES,
+    attempt_timeout: float = ATTEMPT_TIMEOUT,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> DownloadResult:
     """Download ``source`` from ``mirror`` into ``dest/<slug>/<version>/`` and verify every file's sha256.
 
@@ -431,27 +521,38 @@ def download_source(
             checksum mismatch); 404 is final at once.
         backoff: first retry delay in seconds, doubled each attempt.
         timeout: requests timeout (connect, read) in seconds.
+        max_file_bytes: a file larger than this is refused (announced or received), not retried.
+        attempt_timeout: wall-clock seconds one attempt at one file may take (the rest resumes on a retry).
+        lock_timeout: seconds to wait for another download into the same folder.
 
     Raises:
-        SourceUnavailableError: RECORDS or SHA256SUMS.txt could not be fetched, or is unusable.
+        SourceUnavailableError: RECORDS or SHA256SUMS.txt could not be fetched, is unusable, or does not match
+            the catalog's pinned ``checksums_sha256`` (a tampered mirror); or the folder stays locked.
         UnsafePathError: a name in either listing could escape the destination (nothing is written).
     """
     src = get_source(source) if isinstance(source, str) else source
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
     root = Path(dest) / src.slug / src.version
-    mir = _Mirror(mirror, src, timeout)
+    mir = _Mirror(mirror, src, timeout, max_file_bytes, attempt_timeout)
     try:
         # 1. the two listings; nothing is written until both passed the path checks
         raw: dict[str, bytes] = {}
         for name in (RECORDS_NAME, CHECKSUMS_NAME):
             try:
                 raw[name] = _with_retries(lambda name=name: mir.read_bytes(name), retries, backoff)
-            except (_NotFound, _Transient) as e:
+            except (_NotFound, _Transient, _Refused) as e:
                 raise SourceUnavailableError(mir.url(name), str(e)) from e
+        pinned = src.checksums_sha256
+        if pinned and hashlib.sha256(raw[CHECKSUMS_NAME]).hexdigest() != pinned:
+            raise SourceUnavailableError(
+                mir.url(CHECKSUMS_NAME), f"sha256 {hashlib.sha256(raw[CHECKSUMS_NAME]).hexdigest()} is not the "
+                f"one pinned for {src.slug} {src.version} ({pinned}): refusing a listing that differs from the "
+                "published one (tampered or incomplete mirror)",
+            )
         try:
-            records_text = raw[RECORDS_NAME].decode("utf-8")
-            checksums = parse_checksums(raw[CHECKSUMS_NAME].decode("utf-8"), mir.url(CHECKSUMS_NAME))
+            records_text = decode_listing(raw[RECORDS_NAME])
+            checksums = parse_checksums(decode_listing(raw[CHECKSUMS_NAME]), mir.url(CHECKSUMS_NAME))
         except (UnicodeDecodeError, ValueError) as e:
             if isinstance(e, UnsafePathError):
                 raise
@@ -472,9 +573,17 @@ def download_source(
         for rel in {p for files in files_of.values() for p in files} | set(src.metadata_files):
             _target(root, rel, mir.url(CHECKSUMS_NAME))
 
-        with FileLock(str(root / LOCK_NAME)):
+        try:
+            lock = FileLock(str(root / LOCK_NAME), timeout=lock_timeout)
+            lock.acquire()
+        except Timeout as e:
+            raise SourceUnavailableError(str(root), f"another download holds {LOCK_NAME} for more than "
+                                         f"{lock_timeout:g} s") from e  # fmt: skip
+        try:
             return _download_locked(src, mir, root, raw, checksums, selected, files_of, workers, progress,
                                     retries, backoff)
+        finally:
+            lock.release()
     finally:
         mir.close()
 
@@ -540,7 +649,7 @@ def _download_locked(src, mir, root, raw, checksums, selected, files_of, workers
                 rel = futures[fut]
                 try:
                     status, nbytes, entry = fut.result()
-                except (_NotFound, _Transient, OSError) as e:
+                except (_NotFound, _Transient, _Refused, OSError) as e:
                     file_errors[rel] = str(e)
                     manifest.pop(rel, None)
                 else:

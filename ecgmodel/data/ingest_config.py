@@ -47,6 +47,10 @@ class IngestConfig(BaseModel):
         None, description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786); None: local cluster."
     )
     progress: bool = Field(True, description="Show tqdm progress bars.")
+    lock_timeout_s: float = Field(
+        600.0, ge=0, description="Seconds to wait for another writer of the store (e.g. a concurrent flow) "
+        "before failing with StoreLockedError; 0: fail at once."
+    )
 
     @field_validator("sources")
     @classmethod

@@ -71,6 +71,13 @@ def scored_codes() -> list[str]:
     return _scored_mapping()["SNOMED CT Code"].astype(str).tolist()
 
 
+def merged_scored_codes() -> list[str]:
+    """The 24 classes arrhythmia27 trains on: the scored codes in official order, each equivalent pair
+    (RBBB/CRBBB, PAC/SVPB, PVC/VPB) as one output named by its representative code. Training the pairs as
+    separate outputs would teach each source's coding convention instead of the finding."""
+    return [c for c in scored_codes() if representative(c) == c]
+
+
 def representative(code: str) -> str:
     """The code that represents ``code``'s equivalence group (``code`` itself when it has none)."""
     for group in EQUIVALENT_CLASSES:
@@ -79,9 +86,16 @@ def representative(code: str) -> str:
     return code
 
 
-def label_definition_table() -> pd.DataFrame:
-    """index, code, abbreviation, name, equivalence_group, source: one row per arrhythmia27 output column."""
+def label_definition_table(merged: bool = False) -> pd.DataFrame:
+    """index, code, abbreviation, name, equivalence_group, source: one row per arrhythmia27 output column
+    (``merged``: the 24 outputs of :func:`merged_scored_codes`, abbreviations of a pair joined by '/')."""
     df = _scored_mapping()
+    if merged:
+        df = df.copy()
+        df["SNOMED CT Code"] = df["SNOMED CT Code"].astype(str)
+        abbr = df.groupby(df["SNOMED CT Code"].map(representative))["Abbreviation"].agg("/".join)
+        df = df[df["SNOMED CT Code"].map(representative) == df["SNOMED CT Code"]].reset_index(drop=True)
+        df["Abbreviation"] = df["SNOMED CT Code"].map(abbr)
     return pd.DataFrame(
         {
             "index": np.arange(len(df)),
@@ -126,8 +140,9 @@ def split_dx(dx: str) -> list[str]:
 def encode_snomed(dx: Iterable[str], classes: Sequence[str] | None = None) -> np.ndarray:
     """Multi-hot bool (n, len(classes)) of the scored codes present in each ``dx`` string.
 
-    Each code sets its own column (equivalent codes stay distinct outputs; the metric merges them).
-    Codes outside ``classes`` (unscored diagnoses) are ignored, so a labelled record may have an all-zero row.
+    A code sets its own column when ``classes`` has one, else the column of its equivalence representative
+    (so with :func:`merged_scored_codes` RBBB and CRBBB set the same output). Codes outside ``classes``
+    (unscored diagnoses) are ignored, so a labelled record may have an all-zero row.
     """
     classes = list(classes or scored_codes())
     index = {c: i for i, c in enumerate(classes)}
@@ -135,7 +150,7 @@ def encode_snomed(dx: Iterable[str], classes: Sequence[str] | None = None) -> np
     out = np.zeros((len(dx), len(classes)), dtype=bool)
     for i, text in enumerate(dx):
         for code in split_dx(text):
-            j = index.get(code)
+            j = index.get(code, index.get(representative(code)))
             if j is not None:
                 out[i, j] = True
     return out

@@ -7,6 +7,9 @@ Two loaders with the same interface (``next() -> Batch``, ``state_dict()``, ``lo
 * :class:`StreamingLoader` - for stores larger than memory: this rank's chunks are read whole, in random order,
   ``buffer_chunks`` at a time; rows are shuffled inside that buffer; a background thread reads ahead.
 
+Both take ``rows``: the store rows they may deliver (pretraining passes the rows of the train split of the
+store's split assignment, so no validation or test recording is ever read into a batch); None = every row.
+
 Batches stay int16 microvolts; crops, standardisation, masking and shuffling happen on the device in the
 training step (``ecgmodel.data.transforms``, ``ecgmodel.ssl``).
 
@@ -103,22 +106,27 @@ class InMemoryLoader(_ResumableLoader):
         world_size: int = 1,
         seed: int = 0,
         device_resident: bool | None = None,
+        extra: list[tuple[Any, np.ndarray | None]] | None = None,
     ):
-        store = _open(store)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        all_rows = np.arange(store.n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-        my_rows = all_rows[rank::world_size]  # distinct shard per rank
+        parts = []
+        for st, st_rows in [(store, rows), *(extra or [])]:  # further stores' rows follow the main store's
+            st = _open(st)
+            all_rows = np.arange(st.n) if st_rows is None else np.sort(np.asarray(st_rows, dtype=np.int64))
+            mine = all_rows[rank::world_size]  # distinct shard per rank
+            lead_present, valid_length = _row_arrays(st)
+            parts.append((np.ascontiguousarray(st.load_signal(mine)), lead_present[mine], valid_length[mine]))
+        my_rows = np.arange(sum(len(p[0]) for p in parts))
         if len(my_rows) < self.batch_size:
             raise ValueError(
-                f"store {getattr(store, 'path', '')}: rank {rank} has {len(my_rows)} windows, fewer than the "
+                f"store {getattr(_open(store), 'path', '')}: rank {rank} has {len(my_rows)} windows, fewer than the "
                 f"per-rank batch size {self.batch_size}"
             )
-        signal = torch.from_numpy(np.ascontiguousarray(store.load_signal(my_rows)))
-        lead_present, valid_length = _row_arrays(store)
-        lp = torch.from_numpy(lead_present[my_rows])
-        vl = torch.from_numpy(valid_length[my_rows])
+        signal = torch.from_numpy(np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0])
+        lp = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        vl = torch.from_numpy(np.concatenate([p[2] for p in parts]))
         if device_resident is None:  # on the GPU when the shard takes under half of the free memory
             device_resident = self.device.type == "cuda" and (
                 signal.numel() * 2 < 0.5 * torch.cuda.mem_get_info(self.device)[0]
@@ -141,7 +149,9 @@ class InMemoryLoader(_ResumableLoader):
         while count > 0:
             epoch, pos = divmod(start, self.n)
             if epoch != self._perm_epoch:
-                self._perm = torch.randperm(self.n, generator=_epoch_generator(self.seed, self.rank, epoch))
+                # drawn on the CPU (same order on every device), moved once per epoch: no host sync per batch
+                perm = torch.randperm(self.n, generator=_epoch_generator(self.seed, self.rank, epoch))
+                self._perm = perm.to(self._data.signal.device)
                 self._perm_epoch = epoch
             take = min(count, self.n - pos)
             out.append(self._perm[pos : pos + take])
@@ -151,7 +161,6 @@ class InMemoryLoader(_ResumableLoader):
     def next(self) -> Batch:
         idx = self._row_stream_index(self.step * self.batch_size, self.batch_size)
         self.step += 1
-        idx = idx.to(self._data.signal.device)
         b = Batch(*(t.index_select(0, idx) for t in (self._data.signal, self._data.lead_present, self._data.valid_length)))
         return b if self.device_resident else b.to(self.device, non_blocking=True)
 
@@ -171,9 +180,14 @@ class StreamingLoader(_ResumableLoader):
         seed: int = 0,
         buffer_chunks: int = 4,
         prefetch: int = 4,
+        rows: np.ndarray | None = None,
     ):
         store = _open(store)
         self.store = store
+        self._allowed = None
+        if rows is not None:
+            self._allowed = np.zeros(store.n, dtype=bool)
+            self._allowed[np.asarray(rows, dtype=np.int64)] = True
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -181,13 +195,16 @@ class StreamingLoader(_ResumableLoader):
         self.prefetch = max(1, int(prefetch))
         cw = int(store.chunk_windows)
         n_chunks = -(-store.n // cw)
-        self.chunks = [(c * cw, min((c + 1) * cw, store.n)) for c in range(n_chunks)][rank::world_size]
+        chunks = [(c * cw, min((c + 1) * cw, store.n)) for c in range(n_chunks)]
+        if self._allowed is not None:  # only chunks holding an allowed row are read
+            chunks = [(a, b) for a, b in chunks if self._allowed[a:b].any()]
+        self.chunks = chunks[rank::world_size]
         if not self.chunks:
             raise ValueError(
                 f"store {getattr(store, 'path', '')} has {n_chunks} chunks: not enough for rank {rank} of "
                 f"{world_size}; use the in-memory loader or fewer processes"
             )
-        self.n = sum(b - a for a, b in self.chunks)
+        self.n = sum(self._size(a, b) for a, b in self.chunks)
         if self.n < self.batch_size:
             raise ValueError(f"rank {rank} has {self.n} windows, fewer than the per-rank batch size {batch_size}")
         self._lead_present, self._valid_length = _row_arrays(store)
@@ -195,6 +212,9 @@ class StreamingLoader(_ResumableLoader):
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
+
+    def _size(self, a: int, b: int) -> int:
+        return b - a if self._allowed is None else int(self._allowed[a:b].sum())
 
     # ---- the deterministic row stream -------------------------------------------------------------
     def _epoch_groups(self, epoch: int) -> list[list[tuple[int, int]]]:
@@ -205,6 +225,9 @@ class StreamingLoader(_ResumableLoader):
     def _read_group(self, epoch: int, gi: int, group: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
         sig = np.concatenate([np.asarray(self.store.signal[a:b]) for a, b in group])  # whole-chunk reads
         rows = np.concatenate([np.arange(a, b) for a, b in group])
+        if self._allowed is not None:
+            keep = self._allowed[rows]
+            sig, rows = sig[keep], rows[keep]
         perm = torch.randperm(len(rows), generator=_epoch_generator(self.seed, self.rank, epoch, salt=gi + 1)).numpy()
         rows = rows[perm]
         return sig[perm], self._lead_present[rows], self._valid_length[rows]
@@ -218,7 +241,7 @@ class StreamingLoader(_ResumableLoader):
         try:
             while not self._stop.is_set():
                 for gi, group in enumerate(self._epoch_groups(epoch)):
-                    size = sum(b - a for a, b in group)
+                    size = sum(self._size(a, b) for a, b in group)
                     if pos >= size:  # fast-forward: skip groups already consumed without reading them
                         pos -= size
                         continue
@@ -232,6 +255,8 @@ class StreamingLoader(_ResumableLoader):
                         pending = [tuple(c[B:] for c in cat)]
                         have -= B
                         item = Batch(torch.from_numpy(out[0]), torch.from_numpy(out[1]), torch.from_numpy(out[2]))
+                        if self.device.type == "cuda":  # pinned here, off the training thread
+                            item = Batch(*(t.pin_memory() for t in (item.signal, item.lead_present, item.valid_length)))
                         while not self._stop.is_set():
                             try:
                                 self._queue.put(item, timeout=0.1)
@@ -257,8 +282,6 @@ class StreamingLoader(_ResumableLoader):
         if isinstance(item, BaseException):
             raise RuntimeError(f"streaming reader failed on store {getattr(self.store, 'path', '')}") from item
         self.step += 1
-        if self.device.type == "cuda":
-            item = Batch(*(t.pin_memory() for t in (item.signal, item.lead_present, item.valid_length)))
         return item.to(self.device, non_blocking=True)
 
 
@@ -280,12 +303,17 @@ def make_loader(
     buffer_chunks: int = 4,
     prefetch: int = 4,
     device_resident: bool | None = None,
+    rows: np.ndarray | None = None,
+    extra: list[tuple[Any, np.ndarray | None]] | None = None,
 ) -> InMemoryLoader | StreamingLoader:
-    """``kind``: ``memory`` or ``stream``."""
+    """``kind``: ``memory`` or ``stream``; ``rows``: the store rows it may deliver (None: all); ``extra``: further
+    ``(store, rows)`` read after the main store's (unlabelled external stores; in-memory loader only)."""
     if kind == "memory":
-        return InMemoryLoader(store, batch_size, device, rank=rank, world_size=world_size, seed=seed,
-                              device_resident=device_resident)
+        return InMemoryLoader(store, batch_size, device, rows=rows, rank=rank, world_size=world_size, seed=seed,
+                              device_resident=device_resident, extra=extra)
+    if extra:
+        raise ValueError("external pretraining stores (data.extra_stores) need the in-memory loader (data.loader=memory)")
     if kind == "stream":
         return StreamingLoader(store, batch_size, device, rank=rank, world_size=world_size, seed=seed,
-                               buffer_chunks=buffer_chunks, prefetch=prefetch)
+                               buffer_chunks=buffer_chunks, prefetch=prefetch, rows=rows)
     raise ValueError(f"unknown loader kind {kind!r} (use 'memory' or 'stream')")

@@ -29,6 +29,12 @@ FLAT_MV = 0.01
 IMPLAUSIBLE_MV = 10.0
 CLIP_FRACTION = 0.02  # share of valid samples pinned at the max (or min) that counts as clipping
 
+# Recorded with every source in the store: bump it when harmonise() changes what it stores for a record.
+HARMONISE_VERSION = "1"
+# Rates outside this range are not ECG recordings (a header typo such as 0.05 Hz would ask for a 10,000x
+# upsampling): harmonise() refuses them.
+PLAUSIBLE_FS = (50.0, 20_000.0)
+
 INT16_MAX = np.iinfo(np.int16).max
 INT16_MIN = np.iinfo(np.int16).min
 
@@ -182,6 +188,20 @@ class Harmonised:
     qc: np.ndarray  # uint8 (k,)
 
 
+def crop_for_windows(n_samples: int, fs_in: float, fs: float, window_s: float, max_windows: int | None) -> int:
+    """Input samples that :func:`harmonise` needs to produce its first ``max_windows`` windows exactly.
+
+    The kept span mapped back to the input rate, plus the polyphase filter's reach and a margin, so the
+    resampled windows are the same as from the whole record (a long record is never resampled whole).
+    """
+    if max_windows is None:
+        return n_samples
+    up, down = _ratio(fs_in, fs)
+    need = int(np.ceil(max_windows * round(window_s * fs) * fs_in / fs))
+    reach = 10 * max(up, down) // up + 2  # resample_poly's default filter: 10 taps per side per phase
+    return min(n_samples, need + reach + int(np.ceil(fs_in)))
+
+
 def harmonise(
     sig: np.ndarray,
     names: list[str] | tuple[str, ...],
@@ -190,7 +210,18 @@ def harmonise(
     window_s: float = 10.0,
     max_windows: int | None = None,
 ) -> Harmonised:
-    """Record (n_leads, T) in mV -> canonical leads -> ``fs`` Hz -> windows -> QC -> int16 uV."""
+    """Record (n_leads, T) in mV -> canonical leads -> ``fs`` Hz -> windows -> QC -> int16 uV.
+
+    ``fs_in`` outside :data:`PLAUSIBLE_FS` raises ValueError. With ``max_windows`` only the part of the record
+    those windows need is resampled (:func:`crop_for_windows`).
+    """
+    if not PLAUSIBLE_FS[0] <= fs_in <= PLAUSIBLE_FS[1]:
+        raise ValueError(
+            f"sampling rate {fs_in:g} Hz is outside the plausible ECG range {PLAUSIBLE_FS[0]:g}-{PLAUSIBLE_FS[1]:g} Hz"
+        )
+    sig = np.asarray(sig)
+    if sig.ndim == 2:
+        sig = sig[:, : crop_for_windows(sig.shape[1], fs_in, fs, window_s, max_windows)]
     sig12, present = canonicalize_leads(sig, names)
     nan = np.isnan(sig12)
     if nan.any():

@@ -61,32 +61,47 @@ def write_labelled_records(
     commit_every: int = 100,
     source_info: dict | None = None,
     total: int | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """Write records into a store. ``items`` yields ``(record, read, fields)``: ``read()`` returns
-    ``(signal (n_leads, T) in mV, lead names, fs_in)`` and ``fields`` holds dx, patient_id, database, age.
-    ``source_info`` (base_url, citation, assumptions, ...) is stored in the store's ``sources`` attribute.
+    ``(signal (n_leads, T) in mV, lead names, fs_in)`` and ``fields`` holds dx, patient_id, database, age and
+    the provenance ``record_path`` (path below the root) and ``raw_files`` (the files whose sha256 is stored).
+    ``source_info`` (base_url, citation, assumptions, ...) is stored in the store's ``sources`` attribute;
+    ``settings`` (what decides the stored content besides the files, e.g. an amplitude scale) joins fs,
+    window, cap and harmonisation version, and the store refuses a change of any of them for this source.
 
     Records already committed are skipped; a record whose ``read`` or harmonisation raises is quarantined
-    with ``"<rule>: <message>"``. Returns counts and the quarantine of this run.
+    with ``"<rule>: <message>"``; so is a second file with the name of a record already taken (records are
+    keyed by name). Returns counts and the quarantine of this run.
     """
-    from ecgmodel.data.signal import harmonise
+    from ecgmodel.data.signal import HARMONISE_VERSION, harmonise
     from ecgmodel.data.store import StoreWriter, WindowBatch
 
     window_samples = int(round(window_s * fs))
     written = skipped = 0
     quarantine: list[dict[str, str]] = []
     pending: list[WindowBatch] = []
+    all_settings = {"fs": fs, "window_s": window_s, "max_windows": max_windows, "harmonise": HARMONISE_VERSION,
+                    **(settings or {})}  # fmt: skip
+    info = {"version": version, **(source_info or {}), "settings": all_settings}
     with StoreWriter(store_path, fs=fs, window_samples=window_samples, create=True) as writer:
+        writer.check_source(source, version, all_settings)
         done = writer.committed_keys()
+        taken = {rec: path for (src, rec), path in writer.committed_paths().items() if src == source}
 
         def commit() -> None:
             if pending:
                 writer.append(WindowBatch.concat(pending))
                 pending.clear()
-            writer.commit(sources={source: {"version": version, **(source_info or {})}}, quarantine=quarantine,
-                          dx_systems={source: dx_system})  # fmt: skip
+            writer.commit(sources={source: info}, quarantine=quarantine, dx_systems={source: dx_system})
 
         for record, read, fields in tqdm(items, total=total, desc=f"ingest {source}", leave=False):
+            path = str(fields.get("record_path", record))
+            other = taken.setdefault(record, path) or path
+            if other != path:
+                quarantine.append({"source": source, "record": path, "reason": f"duplicate rule: record name "
+                                   f"{record!r} is also used by {other}; {path} is not stored"})  # fmt: skip
+                continue
             if (source, record) in done:
                 skipped += 1
                 continue
@@ -102,7 +117,8 @@ def write_labelled_records(
                 WindowBatch.for_record(
                     h.signal, h.lead_present, h.window_start, h.valid_length, h.qc, record=record, source=source,
                     database=fields.get("database", source), dx=fields.get("dx", ""),
-                    patient_id=fields.get("patient_id", ""), age=fields.get("age"), sex="",
+                    patient_id=fields.get("patient_id", ""), age=fields.get("age"), sex="", record_path=path,
+                    raw_sha256=_sha256(*fields["raw_files"]) if fields.get("raw_files") else "",
                 )  # fmt: skip
             )
             written += 1
@@ -110,6 +126,20 @@ def write_labelled_records(
                 commit()
         commit()
     return {"written": written, "skipped": skipped, "quarantined": quarantine}
+
+
+def _sha256(*paths: str | Path) -> str:
+    """sha256 over the names and bytes of ``paths`` (the raw files of one record)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def read_wfdb_mv(path: Path) -> tuple[np.ndarray, list[str], float]:
@@ -159,7 +189,9 @@ def ingest_site_labels(cfg: SiteLabelsConfig, store_path: str | Path) -> dict:
                 return read_wfdb_mv(root / record)
 
             pid = _clean(getattr(row, "patient_id", "")) if "patient_id" in table.columns else ""
-            yield name, read, {"dx": f"site={site}", "patient_id": pid, "database": cfg.source}
+            yield name, read, {"dx": f"site={site}", "patient_id": pid, "database": cfg.source,
+                               "record_path": record,
+                               "raw_files": sorted((root / record).parent.glob(f"{Path(record).name}.*"))}
 
     return write_labelled_records(
         store_path, items(), source=cfg.source, version=cfg.version, dx_system=SITE_SYSTEM, fs=cfg.fs,

@@ -15,6 +15,10 @@ sub-database, which metadata files to fetch, and which ``RECORDS`` entries to in
 
 A source is immutable; choose other record groups with :meth:`Source.select` (e.g. PTB-XL at 100 Hz:
 ``get_source("ptb-xl").select("records100")``).
+
+``checksums_sha256`` pins the sha256 of a version's published ``SHA256SUMS.txt``: the downloader then refuses a
+mirror serving any other listing. The catalog leaves it unset for now: the pinned digest must be taken from
+PhysioNet's own file, and partial mirrors (such as the offline test mirror) carry listings of their subset.
 """
 
 from __future__ import annotations
@@ -111,6 +115,12 @@ class Source(BaseModel):
     )
     selected_groups: tuple[str, ...] = Field(
         description="Groups ingested by default; change with :meth:`select`."
+    )
+    checksums_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the version's published SHA256SUMS.txt: a mirror serving another listing is "
+        "refused. None: not pinned (mirrors that hold a subset of a version have their own listing).",
     )
 
     @model_validator(mode="after")

@@ -25,8 +25,23 @@ How the store stays consistent when a writer is killed at any instant:
   kill leaves the old or the new chunk, never a torn one; both carry the same committed rows. Before the
   manifest moves, the chunk files written since the last commit (and their folders) are fsynced, so a commit never points at
   data still in flight. ``tests/unit/test_store.py`` kills writers with SIGKILL to check it.
+* Power loss: before the manifest moves, every chunk file written since the last commit, every folder on its
+  path up to the store root (new folders included) and each array's ``zarr.json`` (rewritten by a resize) are
+  fsynced; at each commit every array is resized to exactly the committed row count, so plain zarr / xarray
+  readers see committed rows only (while a writer is appending, they may also see its uncommitted rows: use
+  :func:`open_store`). Opening refuses a store whose arrays are shorter than the committed row count.
+* A lost ``commit.json`` never wipes a store: a writer refuses to create a store over arrays that hold rows or
+  chunk files (unless ``overwrite=True``), and each commit keeps the previous manifest as
+  ``commit.prev.json`` (:func:`recover_store` restores it).
 * The lock is an ``fcntl.flock`` on ``.writer.lock``: the kernel releases it when the holder dies, so a
-  killed run never leaves a stale lock behind.
+  killed run never leaves a stale lock behind. A second writer waits up to ``lock_timeout`` seconds, then
+  raises :class:`StoreLockedError`.
+* Each commit appends ``(hash, n)`` to the manifest's ``history``; ``open_store(path, at=hash)`` pins a reader
+  to that commit (rows are append-only, so its first ``n`` rows never change).
+* Provenance (schema 2): every row carries its record's path below the source root (``record_path``) and the
+  sha256 of its raw files (``raw_sha256``); the manifest records each source's version and harmonisation
+  settings, and a writer refuses to add rows of another version or other settings to a source
+  (:func:`migrate_store` upgrades a schema-1 store).
 """
 
 from __future__ import annotations
@@ -36,6 +51,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -49,8 +66,11 @@ from zarr.codecs import BloscCodec
 
 from ecgmodel.data.signal import LEADS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1 is read as is; writers need 2 (see migrate_store)
 MANIFEST = "commit.json"
+PREV_MANIFEST = "commit.prev.json"  # the manifest of the commit before the last one (recover_store)
+HISTORY_MAX = 1000  # (hash, n) entries kept in the manifest for pinned readers
 LOCK = ".writer.lock"
 DEFAULT_CHUNK_WINDOWS = 64  # 64 x 12 x 5000 int16 = 7.7 MB raw, ~2.7 MB compressed (bench/ingest.py)
 DEFAULT_META_CHUNK = 4096  # rows per chunk of the small per-window arrays (a multiple of chunk_windows)
@@ -69,12 +89,21 @@ META_COLUMNS: dict[str, tuple[Any, Any]] = {
     "sex": (str, ""),
     "fold": (np.int8, -1),
     "qc": (np.uint8, 0),
+    # schema 2 (provenance): "" in rows written before it
+    "record_path": (str, ""),
+    "raw_sha256": (str, ""),
 }
+PROVENANCE_COLUMNS = ("record_path", "raw_sha256")  # optional in a WindowBatch (default "")
+ARRAYS = ("signal", "lead_present", *META_COLUMNS)
 _STR_COLUMNS = [k for k, (dt, _) in META_COLUMNS.items() if dt is str]
 
 
 class StoreError(RuntimeError):
     """A store cannot be opened or written as asked (the message names the path and the rule)."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer held the store's lock for longer than the writer's ``lock_timeout`` (worth a retry)."""
 
 
 # --------------------------------------------------------------------------------------------------- batches
@@ -95,6 +124,8 @@ class WindowBatch:
     sex: Sequence[str]
     fold: np.ndarray
     qc: np.ndarray
+    record_path: Sequence[str] = ()  # path of the record below its source root ("" when not known)
+    raw_sha256: Sequence[str] = ()  # sha256 of the record's raw files ("" when not known)
 
     def __post_init__(self) -> None:
         self.signal = np.asarray(self.signal)
@@ -106,6 +137,8 @@ class WindowBatch:
             raise ValueError(f"lead_present must be bool ({k}, 12), got {self.lead_present.shape}")
         for name, (dtype, _) in META_COLUMNS.items():
             value = getattr(self, name)
+            if name in PROVENANCE_COLUMNS and len(value) == 0:
+                value = [""] * k
             arr = np.asarray([str(v) for v in value], dtype=object) if dtype is str else np.asarray(value, dtype)
             if arr.shape != (k,):
                 raise ValueError(f"{name} must have {k} entries (one per window), got shape {arr.shape}")
@@ -131,6 +164,8 @@ class WindowBatch:
         age: float | None = None,
         sex: str = "",
         fold: int = -1,
+        record_path: str = "",
+        raw_sha256: str = "",
     ) -> WindowBatch:
         """The windows of one record: per-record fields are repeated for each window.
 
@@ -145,7 +180,7 @@ class WindowBatch:
             signal=signal, lead_present=present, record=[record] * k, source=[source] * k,
             database=[database] * k, window_start=window_start, valid_length=valid_length, dx=[dx_text] * k,
             patient_id=[patient_id] * k, age=np.full(k, age_value, np.float32), sex=[sex] * k,
-            fold=np.full(k, fold, np.int8), qc=qc,
+            fold=np.full(k, fold, np.int8), qc=qc, record_path=[record_path] * k, raw_sha256=[raw_sha256] * k,
         )  # fmt: skip
 
     @classmethod
@@ -163,7 +198,12 @@ def _window_digests(batch: WindowBatch) -> list[int]:
         h = hashlib.blake2b(digest_size=32)
         h.update(np.ascontiguousarray(batch.signal[i]).tobytes())
         h.update(batch.lead_present[i].tobytes())
-        h.update("\x1f".join(str(getattr(batch, name)[i]) for name in META_COLUMNS).encode())
+        h.update("\x1f".join(str(getattr(batch, name)[i]) for name in META_COLUMNS
+                              if name not in PROVENANCE_COLUMNS).encode())  # fmt: skip
+        for name in PROVENANCE_COLUMNS:  # empty provenance adds nothing: schema-1 digests stay valid
+            value = str(getattr(batch, name)[i])
+            if value:
+                h.update(f"\x1e{name}={value}".encode())
         out.append(int.from_bytes(h.digest(), "big"))
     return out
 
@@ -189,20 +229,50 @@ def _content_hash(manifest: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path, schemas: tuple[int, ...] = READABLE_SCHEMAS) -> dict[str, Any]:
     try:
         with open(path / MANIFEST) as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}; create it with StoreWriter)") from None
+        how = f"create it with `ecgssl ingest --store {path} --source ptb-xl` (or `ecgssl pipeline --demo`)"
+        if not path.exists():
+            raise StoreError(f"{path}: not an ecgssl store: the path does not exist; {how}") from None
+        if (path / PREV_MANIFEST).exists():
+            how = f"{PREV_MANIFEST} is there: recover_store({str(path)!r}) restores the previous commit"
+        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}); {how}") from None
     except json.JSONDecodeError as e:
         raise StoreError(f"{path}: {MANIFEST} is not valid JSON ({e})") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in schemas:
+        hint = " (upgrade it with migrate_store)" if manifest.get("schema_version") in READABLE_SCHEMAS else ""
         raise StoreError(
-            f"{path}: schema version {manifest.get('schema_version')} is not supported (expected {SCHEMA_VERSION})"
+            f"{path}: schema version {manifest.get('schema_version')} is not supported here "
+            f"(expected {' or '.join(map(str, schemas))}){hint}"
         )
     return manifest
 
+
+def _array_lengths(path: Path) -> dict[str, int | None]:
+    """Rows of each array as its ``zarr.json`` declares them (None: the array is missing or unreadable)."""
+    out: dict[str, int | None] = {}
+    for name in ARRAYS:
+        try:
+            out[name] = int(json.loads((path / name / "zarr.json").read_text())["shape"][0])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            out[name] = None
+    return out
+
+
+def _check_lengths(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse arrays shorter than the committed row count (zarr would return fill values or clamp)."""
+    n = int(manifest["n"])
+    names = ARRAYS if manifest.get("schema_version", 1) >= 2 else [a for a in ARRAYS if a not in PROVENANCE_COLUMNS]
+    lengths = _array_lengths(path)
+    short = {a: lengths[a] for a in names if lengths[a] is None or lengths[a] < n}
+    if short:
+        raise StoreError(
+            f"{path}: arrays shorter than the {n} committed rows: {short} (their zarr.json was lost or is stale; "
+            "the store is damaged: restore it from a copy or re-ingest)"
+        )
 
 def content_hash(path: str | os.PathLike) -> str:
     """Short hash of the committed content, read from the commit manifest (no data is read)."""
@@ -210,11 +280,24 @@ def content_hash(path: str | os.PathLike) -> str:
 
 
 class Store:
-    """Read-only view of the committed rows of a store. Reopen to see later commits."""
+    """Read-only view of the committed rows of a store. Reopen to see later commits.
 
-    def __init__(self, path: str | os.PathLike):
+    ``at``: pin the view to an earlier commit by its content hash (from the manifest's history): ``n`` and
+    ``hash`` are those of that commit, so a commit made after a caller took the hash changes nothing it reads.
+    """
+
+    def __init__(self, path: str | os.PathLike, at: str | None = None):
         self.path = Path(path)
         self._manifest = _read_manifest(self.path)
+        _check_lengths(self.path, self._manifest)
+        if at is not None and at != self._manifest["hash"]:
+            pinned = [h for h in self._manifest.get("history", []) if h[0] == at]
+            if not pinned:
+                raise StoreError(
+                    f"{self.path}: commit {at} is not in the store's history (current {self._manifest['hash']}; "
+                    "the store was rebuilt or the commit is older than the history kept)"
+                )
+            self._manifest = {**self._manifest, "hash": at, "n": int(pinned[-1][1])}
         try:
             self._group = zarr.open_group(self.path, mode="r")
         except Exception as e:  # zarr raises several types for "no group here"
@@ -328,9 +411,75 @@ class Store:
         }
 
 
-def open_store(path: str | os.PathLike) -> Store:
-    """Read-only view of the committed rows of the store at ``path`` (raises :class:`StoreError` naming it)."""
-    return Store(path)
+def open_store(path: str | os.PathLike, at: str | None = None) -> Store:
+    """Read-only view of the committed rows of the store at ``path`` (raises :class:`StoreError` naming it).
+
+    ``at``: a content hash of an earlier commit to pin the view to (see :class:`Store`).
+    """
+    return Store(path, at=at)
+
+
+def recover_store(path: str | os.PathLike) -> dict[str, Any]:
+    """Restore a lost ``commit.json`` from ``commit.prev.json`` (the commit before the last one).
+
+    Rows of the last commit become uncommitted again (a re-run ingests them again); returns the restored
+    manifest. Raises :class:`StoreError` when there is nothing to restore or the arrays are too short.
+    """
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        raise StoreError(f"{path}: {MANIFEST} exists; nothing to recover")
+    if not (path / PREV_MANIFEST).exists():
+        raise StoreError(f"{path}: neither {MANIFEST} nor {PREV_MANIFEST}: the commit cannot be recovered")
+    prev = path / PREV_MANIFEST
+    tmp = path / f".{MANIFEST}.recover.tmp"
+    shutil.copyfile(prev, tmp)
+    manifest = _read_manifest_file(tmp, path)
+    _check_lengths(path, manifest)
+    _fsync_path(tmp)
+    os.replace(tmp, path / MANIFEST)
+    _fsync_path(path)
+    return manifest
+
+
+def _read_manifest_file(file: Path, store: Path) -> dict[str, Any]:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"{store}: {file.name} is unreadable ({e})") from None
+
+
+def migrate_store(path: str | os.PathLike) -> dict[str, Any]:
+    """Upgrade a schema-1 store to schema 2 in place (adds the provenance arrays, empty for existing rows).
+
+    Existing rows keep their content digests (empty provenance adds nothing), so only the schema part of the
+    content hash changes. Sources written before schema 2 have no recorded settings: the next writer of such a
+    source records its own. Takes the writer lock. Returns the new manifest; a schema-2 store is left as is.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest["schema_version"] == SCHEMA_VERSION:
+        return manifest
+    fd = _lock(path, timeout=0.0)
+    try:
+        group = zarr.open_group(path, mode="r+")
+        meta_chunk = group["record"].chunks[0]
+        length = group["record"].shape[0]
+        for name in PROVENANCE_COLUMNS:
+            if name not in group:
+                dtype, fill = META_COLUMNS[name]
+                group.create_array(name, shape=(length,), chunks=(meta_chunk,), dtype=dtype, fill_value=fill,
+                                   dimension_names=["window"])  # fmt: skip
+        group.attrs["schema_version"] = SCHEMA_VERSION
+        _fsync_store_tree(path)
+        m = dict(manifest, schema_version=SCHEMA_VERSION)
+        m.setdefault("history", [])
+        m["migrated_from"] = manifest["schema_version"]
+        m["hash"] = _content_hash(m)
+        m["history"] = [*m["history"], [m["hash"], m["n"]]][-HISTORY_MAX:]
+        _commit_manifest(path, m, durable=True)
+        return m
+    finally:
+        _unlock(fd)
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -343,14 +492,91 @@ def _fsync_path(path: Path) -> None:
             os.close(fd)
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def _fsync_up_to(path: Path, root: Path, done: set[Path]) -> None:
+    """fsync ``path`` and every folder from its parent up to ``root`` (new folders' entries included)."""
+    _fsync_path(path)
+    folder = path.parent
+    while folder not in done:
+        _fsync_path(folder)
+        done.add(folder)
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+
+
+def _fsync_store_tree(root: Path) -> None:
+    """fsync every metadata file and folder of a store (after creating or migrating it)."""
+    done: set[Path] = set()
+    for meta in root.rglob("zarr.json"):
+        _fsync_up_to(meta, root, done)
+    _fsync_path(root.parent)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any], durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent)
+    if durable:
+        _fsync_path(path.parent)
+
+
+def _commit_manifest(root: Path, manifest: dict[str, Any], durable: bool) -> None:
+    """Move ``manifest`` into place (the commit point), keeping the one it replaces as ``commit.prev.json``."""
+    current = root / MANIFEST
+    if current.exists():
+        tmp = root / f".{PREV_MANIFEST}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(current, tmp)  # the old manifest file itself (never rewritten in place), under a second name
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(current, tmp)
+        os.replace(tmp, root / PREV_MANIFEST)
+    _write_json_atomic(current, manifest, durable)
+
+
+def _lock(path: Path, timeout: float) -> int:
+    """Take the writer lock of the store at ``path``, waiting up to ``timeout`` seconds."""
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(timeout, 0.0)
+    delay = 0.05
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(OSError):
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise StoreLockedError(
+                    f"{path}: another writer holds the lock ({LOCK}, pid {holder or '?'}) and did not release it "
+                    f"within {timeout:g} s; one writer at a time"
+                ) from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _has_data(path: Path) -> list[str]:
+    """Arrays of ``path`` that hold rows or chunk files (what creating a store over them would destroy)."""
+    lengths = _array_lengths(path)
+    return [name for name in ARRAYS if (lengths[name] or 0) > 0 or (path / name / "c").is_dir()
+            and any(f.is_file() for f in (path / name / "c").rglob("*"))]  # fmt: skip
 
 
 class _Column:
@@ -392,8 +618,11 @@ class StoreWriter:
     """The single writer of a store (see the module docstring for the consistency rules).
 
     ``create=True`` creates the store when ``path`` does not hold one yet; an existing store must have the same
-    ``fs`` and ``window_samples``. Use as a context manager; leaving it without :meth:`commit` drops the
-    uncommitted rows (they stay invisible and are overwritten by the next writer).
+    ``fs`` and ``window_samples``. A folder without ``commit.json`` whose arrays hold rows or chunk files is
+    refused (the manifest was lost: see :func:`recover_store`) unless ``overwrite=True`` asks to start over.
+    ``lock_timeout``: seconds to wait for another writer's lock before :class:`StoreLockedError`.
+    Use as a context manager; leaving it without :meth:`commit` drops the uncommitted rows (they stay
+    invisible and are overwritten by the next writer).
     """
 
     def __init__(
@@ -405,6 +634,8 @@ class StoreWriter:
         chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
         meta_chunk: int = DEFAULT_META_CHUNK,
         durable: bool = True,
+        lock_timeout: float = 0.0,
+        overwrite: bool = False,
     ):
         self.path = Path(path)
         self.durable = durable
@@ -415,20 +646,25 @@ class StoreWriter:
         if not exists and not create:
             raise StoreError(f"{self.path}: not an ecgssl store and create=False")
         if not exists and self.path.exists() and any(
-            p.name not in (LOCK, "zarr.json", *META_COLUMNS, "signal", "lead_present") for p in self.path.iterdir()
+            p.name not in (LOCK, "zarr.json", PREV_MANIFEST, *ARRAYS) and not p.name.startswith(".")
+            for p in self.path.iterdir()
         ):
             raise StoreError(f"{self.path}: directory exists, is not empty and is not an ecgssl store")
+        new_folder = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise StoreError(f"{self.path}: another writer holds the lock ({LOCK}); one writer at a time") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.write(self._lock_fd, str(os.getpid()).encode())
+        if new_folder and durable:
+            _fsync_path(self.path.parent)
+        self._lock_fd = _lock(self.path, lock_timeout)
         try:
             if not (self.path / MANIFEST).exists():
+                held = _has_data(self.path)
+                if held and not overwrite:
+                    prev = (self.path / PREV_MANIFEST).exists()
+                    raise StoreError(
+                        f"{self.path}: no {MANIFEST}, but arrays {held} hold rows or chunk files; refusing to "
+                        "create a store over them (" + (f"recover_store() restores the previous commit from "
+                        f"{PREV_MANIFEST}; " if prev else "") + "overwrite=True starts an empty store)"
+                    )  # fmt: skip
                 self._create(fs, window_samples, chunk_windows, meta_chunk)
             self._open(fs, window_samples)
         except BaseException:
@@ -457,26 +693,30 @@ class StoreWriter:
             "window_samples": window_samples, "dx_systems": {}, "sources": {}, "chunk_windows": chunk_windows,
         }  # fmt: skip
         group.attrs.update(attrs)
+        if self.durable:
+            _fsync_store_tree(self.path)
         manifest = {
             "schema_version": SCHEMA_VERSION, "fs": fs, "window_samples": window_samples,
             "chunk_windows": chunk_windows, "n": 0, "sources": {}, "dx_systems": {}, "quarantine": [],
             "multiset": "0", "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
         manifest["hash"] = _content_hash(manifest)
-        _write_json_atomic(self.path / MANIFEST, manifest)
+        manifest["history"] = [[manifest["hash"], 0]]
+        _write_json_atomic(self.path / MANIFEST, manifest, self.durable)
 
     def _open(self, fs: int, window_samples: int) -> None:
-        self._manifest = _read_manifest(self.path)
+        self._manifest = _read_manifest(self.path, schemas=(SCHEMA_VERSION,))
         if (self._manifest["fs"], self._manifest["window_samples"]) != (fs, window_samples):
             raise StoreError(
                 f"{self.path}: store holds fs={self._manifest['fs']} Hz, window_samples="
                 f"{self._manifest['window_samples']}; this writer asks for fs={fs}, window_samples={window_samples}"
             )
+        _check_lengths(self.path, self._manifest)
         self._group = zarr.open_group(self.path, mode="r+")
         self.n_committed = int(self._manifest["n"])
         self._multiset = int(self._manifest["multiset"], 16)
         self._columns: dict[str, _Column] = {}
-        for name in ("signal", "lead_present", *META_COLUMNS):
+        for name in ARRAYS:
             arr = self._group[name]
             base = (self.n_committed // arr.chunks[0]) * arr.chunks[0]
             self._columns[name] = _Column(arr, base, arr[base : self.n_committed])
@@ -484,7 +724,9 @@ class StoreWriter:
         # committed rows -> keys, for skip-on-rerun and per-source record counts
         src = self._group["source"][: self.n_committed].astype(object)
         rec = self._group["record"][: self.n_committed].astype(object)
-        self._keys: set[tuple[str, str]] = set(zip(src, rec, strict=True))
+        paths = self._group["record_path"][: self.n_committed].astype(object)
+        self._paths: dict[tuple[str, str], str] = dict(zip(zip(src, rec, strict=True), paths, strict=True))
+        self._keys: set[tuple[str, str]] = set(self._paths)
         self._pending_keys: set[tuple[str, str]] = set()
         self._pending_sum = 0
 
@@ -501,8 +743,41 @@ class StoreWriter:
         """``{(source, record)}`` of the committed rows: skip these on a re-run."""
         return set(self._keys)
 
+    def committed_paths(self) -> dict[tuple[str, str], str]:
+        """``{(source, record): record_path}`` of the committed rows (``""`` for rows without provenance)."""
+        return dict(self._paths)
+
     def quarantined_keys(self) -> set[tuple[str, str]]:
         return {(q["source"], q["record"]) for q in self._manifest["quarantine"]}
+
+    def source_info(self, slug: str) -> dict[str, Any] | None:
+        """What the last commit recorded about source ``slug`` (version, settings, ...), None if absent."""
+        info = self._manifest["sources"].get(slug)
+        return dict(info) if info is not None else None
+
+    def check_source(self, slug: str, version: str | None, settings: dict[str, Any] | None = None) -> None:
+        """Refuse to add rows of ``slug`` when the store holds another version or other settings of it.
+
+        A source the store does not hold yet, or holds without recorded settings (written before schema 2),
+        passes. Raises :class:`StoreError` naming both versions / the settings that differ.
+        """
+        info = self._manifest["sources"].get(slug)
+        if not info or not info.get("records"):
+            return
+        if version is not None and info.get("version") is not None and str(info["version"]) != str(version):
+            raise StoreError(
+                f"{self.path}: source {slug} is stored at version {info['version']}; refusing to add version "
+                f"{version} to it (ingest the new version into a new store; records of both would mix)"
+            )
+        old = info.get("settings")
+        if settings is not None and old is not None:
+            norm = json.loads(json.dumps(settings, sort_keys=True, default=str))
+            diff = {k: (old.get(k), norm.get(k)) for k in sorted(set(old) | set(norm)) if old.get(k) != norm.get(k)}
+            if diff:
+                raise StoreError(
+                    f"{self.path}: source {slug} was stored with other harmonisation settings "
+                    f"(stored -> asked: {diff}); refusing to mix them in one store (use a new store)"
+                )
 
     def append(self, batch: WindowBatch) -> None:
         """Add rows after the last appended row (invisible until :meth:`commit`)."""
@@ -516,6 +791,21 @@ class StoreWriter:
         again = keys & self._keys
         if again:
             raise StoreError(f"{self.path}: records already committed, refusing duplicates: {sorted(again)[:5]}")
+        again = keys & self._pending_keys
+        if again:
+            raise StoreError(f"{self.path}: records already appended in this writer, refusing duplicates: "
+                             f"{sorted(again)[:5]}")  # fmt: skip
+        rows = list(zip(batch.source, batch.record, batch.window_start.tolist(), strict=True))
+        if len(set(rows)) != len(rows):
+            seen: set = set()
+            dup = [r for r in rows if r in seen or seen.add(r)]
+            raise StoreError(f"{self.path}: the batch holds one (source, record, window_start) twice, refusing "
+                             f"duplicates: {dup[:5]}")  # fmt: skip
+        paths: dict[tuple[str, str], str] = {}
+        for key, rpath in zip(zip(batch.source, batch.record, strict=True), batch.record_path, strict=True):
+            if paths.setdefault(key, rpath) != rpath:
+                raise StoreError(f"{self.path}: record {key[0]}/{key[1]} comes from two paths ({paths[key]!r}, "
+                                 f"{rpath!r}); records are keyed by name, refusing duplicates")  # fmt: skip
         self._ensure_capacity(self.n + len(batch))
         self._columns["signal"].extend(batch.signal)
         self._columns["lead_present"].extend(batch.lead_present)
@@ -525,6 +815,7 @@ class StoreWriter:
             col.flush(partial=False)
         self._pending_sum = (self._pending_sum + sum(_window_digests(batch))) % _MOD
         self._pending_keys |= keys
+        self._paths.update(paths)
         self.n += len(batch)
 
     def _ensure_capacity(self, rows: int) -> None:
@@ -544,31 +835,40 @@ class StoreWriter:
     ) -> str:
         """Make every appended row visible, atomically; returns the new content hash.
 
-        ``sources`` ``{slug: {"version", "base_url", ...}}`` and ``dx_systems`` ``{slug: system}`` are merged
-        into what is stored (``records`` per source is counted here). ``quarantine`` entries
-        ``{"source", "record", "reason"}`` replace earlier entries for the same record; a record that is now
-        stored leaves the quarantine.
+        ``sources`` ``{slug: {"version", "base_url", "settings", ...}}`` and ``dx_systems`` ``{slug: system}``
+        are merged into what is stored (``records`` per source is counted here); a ``version`` or ``settings``
+        that differ from what the store holds for a source with rows raise :class:`StoreError`.
+        ``quarantine`` entries ``{"source", "record", "reason"}`` replace earlier entries for the same record;
+        a record that is now stored leaves the quarantine.
         """
+        for slug, info in (sources or {}).items():
+            self.check_source(slug, info.get("version"), info.get("settings"))
+        for slug, system in (dx_systems or {}).items():
+            if system not in DX_SYSTEMS:
+                raise ValueError(f"dx system {system!r} of {slug} is not one of {DX_SYSTEMS}")
         for col in self._columns.values():
             col.flush(partial=True)
+        # Shape == committed rows: plain zarr / xarray readers then see exactly the committed rows.
+        for col in self._columns.values():
+            if col.array.shape[0] != self.n:
+                col.array.resize((self.n, *col.array.shape[1:]))
         if self.durable:
-            folders: set[Path] = set()
+            done: set[Path] = set()
             for col in self._columns.values():
                 for f in col.chunk_files(self.path):
-                    _fsync_path(f)
-                    folders.add(Path(f).parent)
-            for folder in folders:  # the chunk files' renames, so the commit also survives a power loss
-                _fsync_path(folder)
+                    _fsync_up_to(f, self.path, done)  # data, and every folder entry on its path (new ones too)
+                _fsync_up_to(self.path / col.array.basename / "zarr.json", self.path, done)  # shape (resize)
+            _fsync_path(self.path / "zarr.json")
         for col in self._columns.values():
             col.dirty.clear()
         keys = self._keys | self._pending_keys
         m = dict(self._manifest)
         m["sources"] = {k: dict(v) for k, v in m["sources"].items()}
         for slug, info in (sources or {}).items():
-            m["sources"].setdefault(slug, {}).update({k: v for k, v in info.items() if k != "records"})
-        for slug, system in (dx_systems or {}).items():
-            if system not in DX_SYSTEMS:
-                raise ValueError(f"dx system {system!r} of {slug} is not one of {DX_SYSTEMS}")
+            entry = m["sources"].setdefault(slug, {})
+            entry.update({k: v for k, v in info.items() if k != "records"})
+            if "settings" in entry:
+                entry["settings"] = json.loads(json.dumps(entry["settings"], sort_keys=True, default=str))
         m["dx_systems"] = {**m["dx_systems"], **(dx_systems or {})}
         counts: dict[str, int] = {}
         for src, _ in keys:
@@ -585,9 +885,13 @@ class StoreWriter:
         m["multiset"] = format((self._multiset + self._pending_sum) % _MOD, "x")
         m["committed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         m["hash"] = _content_hash(m)
+        history = [h for h in m.get("history", []) if h[0] != m["hash"]]
+        m["history"] = [*history, [m["hash"], m["n"]]][-HISTORY_MAX:]
         # group attrs first (informative copy), then the manifest (the commit point)
         self._group.attrs.update({"sources": m["sources"], "dx_systems": m["dx_systems"]})
-        _write_json_atomic(self.path / MANIFEST, m)
+        if self.durable:
+            _fsync_path(self.path / "zarr.json")
+        _commit_manifest(self.path, m, self.durable)
         self._manifest = m
         self.n_committed = self.n
         self._multiset = int(m["multiset"], 16)
@@ -597,11 +901,8 @@ class StoreWriter:
         return m["hash"]
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        _unlock(self._lock_fd)
+        self._lock_fd = None
 
     def __enter__(self) -> StoreWriter:
         return self

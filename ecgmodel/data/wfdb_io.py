@@ -17,6 +17,8 @@ Every problem raises :class:`RecordError` whose message starts with ``<source>/<
 from __future__ import annotations
 
 import ast
+import contextlib
+import hashlib
 import os
 import re
 import struct
@@ -37,6 +39,8 @@ WFDB_INVALID_16 = -32768  # the "no sample" value of WFDB format 16
 # resolves 1e-5 uV, so a gain at or above this many adu per mV is read as adu per V.
 GAIN_PER_VOLT_THRESHOLD = 100_000
 SNOMED_CODE = re.compile(r"^\d+$")
+# A header's sampling rate may differ this much (relative) from the catalog's rate for its database.
+FS_TOLERANCE = 0.005
 
 
 class RecordError(ValueError):
@@ -77,6 +81,7 @@ class EcgRecord:
     sex: str = ""  # "M", "F" or ""
     patient_id: str = ""
     fold: int = -1
+    raw_sha256: str = ""  # sha256 over the header and signal files as read (provenance of the stored rows)
 
 
 def _int(text: str, default: int | None = None) -> int | None:
@@ -293,6 +298,47 @@ def parse_dx(text: str, label: str) -> list[str]:
     return list(dict.fromkeys(codes))
 
 
+def _id_text(text: str, column: str, problems: list[str]) -> str:
+    """A numeric identifier cell ('15709.0' -> '15709'); '' when empty; a problem noted when not a number."""
+    if not text:
+        return ""
+    try:
+        value = float(text)
+        if not np.isfinite(value) or value != int(value):
+            raise ValueError
+        return str(int(value))
+    except (ValueError, OverflowError):
+        problems.append(f"{column} {text!r} is not an integer")
+        return ""
+
+
+def _fold(text: str, problems: list[str]) -> int:
+    if not text:
+        return -1
+    try:
+        value = float(text)
+        if not np.isfinite(value) or value != int(value) or not -128 <= value <= 127:
+            raise ValueError
+        return int(value)
+    except (ValueError, OverflowError):
+        problems.append(f"strat_fold {text!r} is not a fold number")
+        return -1
+
+
+def raw_sha256(header: Header, directory: str | os.PathLike) -> str:
+    """sha256 over the record's header and signal files (names and bytes), in a fixed order."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for name in [f"{header.record_name}.hea", *sorted(set(header.file_name))]:
+        digest.update(name.encode() + b"\0")
+        with contextlib.suppress(FileNotFoundError):
+            with open(directory / name, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 class MetadataTable:
     """Per-record metadata of a source root: the CSV tables of PTB-XL and LUDB (loaded once)."""
 
@@ -313,9 +359,12 @@ class MetadataTable:
     def _load_ptbxl(self) -> None:
         df = self._csv("ptbxl_database.csv")
         for row in df.itertuples(index=False):
+            # A value that cannot be parsed belongs to its record (quarantined when that record is read),
+            # never to the whole table: the other records are unaffected.
+            problems: list[str] = []
             try:
                 codes = list(ast.literal_eval(row.scp_codes or "{}"))
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, TypeError):
                 codes = None  # reported when the record is read
             age = parse_age(row.age)
             info = {
@@ -323,8 +372,9 @@ class MetadataTable:
                 # PTB-XL writes ages over 89 as 300 (anonymisation): store them as 90
                 "age": None if age is None else min(age, 90.0),
                 "sex": parse_sex(row.sex),
-                "patient_id": str(int(float(row.patient_id))) if row.patient_id else "",
-                "fold": int(float(row.strat_fold)) if row.strat_fold else -1,
+                "patient_id": _id_text(row.patient_id, "patient_id", problems),
+                "fold": _fold(row.strat_fold, problems),
+                "problems": problems,
             }
             for col in ("filename_lr", "filename_hr"):
                 if getattr(row, col):
@@ -358,6 +408,8 @@ class MetadataTable:
             raise RecordError(f"{label}: no row for {record_path} in {table} (record without metadata)")
         if info["dx"] is None:
             raise RecordError(f"{label}: scp_codes in {table} is not a Python dict literal")
+        if info.get("problems"):
+            raise RecordError(f"{label}: {'; '.join(info['problems'])} in {table} (metadata row)")
         return info
 
 
@@ -367,11 +419,15 @@ def read_record(
     slug: str,
     layout: str,
     metadata: MetadataTable | None = None,
+    expected_fs: float | None = None,
+    fs_tolerance: float = FS_TOLERANCE,
 ) -> EcgRecord:
     """Read ``root/record_path`` (header + signal + labels) of source ``slug`` with ``layout``.
 
     ``layout`` is the catalog's ``"challenge"``, ``"ptbxl"`` or ``"ludb"``; ``metadata`` is the source's
-    :class:`MetadataTable` (loaded here when not given; pass it when reading many records).
+    :class:`MetadataTable` (loaded here when not given; pass it when reading many records). ``expected_fs``
+    (the catalog's rate for the record's database) is checked against the header before the signal is read:
+    a header declaring another rate (beyond ``fs_tolerance``, relative) raises :class:`RecordError`.
     """
     name = record_path.rstrip("/").rsplit("/", 1)[-1]
     label = f"{slug}/{name}"
@@ -380,11 +436,17 @@ def read_record(
         header = read_header(path, label)
     except HeaderSyntaxError as e:  # defensive: wfdb's grammar helpers may raise their own type
         raise RecordError(f"{label}: {e} (WFDB header syntax)") from e
+    if expected_fs is not None and abs(header.fs - expected_fs) > fs_tolerance * expected_fs:
+        raise RecordError(
+            f"{label}: header declares {header.fs:g} Hz, the catalog expects {expected_fs:g} Hz for this "
+            "database (sampling rate check)"
+        )
     sig = read_signal(header, path.parent, label)
     for i, lead in enumerate(header.sig_name):
         if np.isnan(sig[i]).all():
             raise RecordError(f"{label}: lead {lead!r} has no valid sample (NaN-only lead)")
-    rec = EcgRecord(name=name, signal=sig, sig_name=header.sig_name, fs=header.fs)
+    rec = EcgRecord(name=name, signal=sig, sig_name=header.sig_name, fs=header.fs,
+                    raw_sha256=raw_sha256(header, path.parent))  # fmt: skip
     if layout == "challenge":
         fields_ = _comment_fields(header.comments)
         rec.dx = parse_dx(fields_.get("dx", ""), label)

@@ -10,9 +10,22 @@ Not redistributable here and not downloadable offline; point ``root`` at the unp
 * ``Diagnosis.xlsx`` - one row per patient: HospitalID, Type (PVC/VT), LeftRight (outflow tract side),
   Sublocation (origin site), Gender. Gender is never read into the store or used as an input.
 
-Amplitude scale: the files carry no unit. ``uv_per_count`` (default 1.0, i.e. counts read as microvolts) is an
-ASSUMPTION documented here and recorded in the store's ``sources`` attribute; set it when you know the
-acquisition gain (it only rescales amplitudes; the encoder standardises every lead of every sample anyway).
+Amplitude scale: the files carry no unit. The default ``uv_per_count`` is ``1000 / 16384`` (16,384 counts per
+mV, :data:`DEFAULT_UV_PER_COUNT`), an ESTIMATE from published measurements of the real release (a public
+dataset catalogue that recomputed them from the shipped ``Diagnosis.xlsx`` and the 334 CSVs): lead-II R-peak
+amplitudes compared sex-matched with a database declared in millivolts give about 16,384 counts per mV
+(+-20 %); with it the largest sample of the release is ~9.45 mV, inside the int16 microvolt range. Reading
+counts as microvolts (1 uV per count) would saturate every real QRS. The value and its provenance are recorded
+in the store's ``sources`` attribute, and a store refuses to mix two scales for this source; set it when you
+know the acquisition gain (it only rescales amplitudes; the encoder standardises every lead anyway).
+
+Other facts of the real release the adapter is tested against (on generated files that carry them): records
+run 2.9-59.3 s (short ones are kept as one zero-padded window); 40 ``Sublocation`` cells are blank (the paper
+files 39 of them as "RVOTOther" and one as "NA"): a blank, "NA" or "nan" sub-site is UNKNOWN (no ``site``
+key in ``dx``, so no class of its own), never guessed; ``Type`` reads 329 PVC / 5 VT (the paper says 325 / 9):
+stored as the file says; ``Gender`` separates RVOT from LVOT better than chance, which is one more reason it is
+never stored; the denoised folder (``PVCVTECGDenoisedData``) is not sample-aligned with the raw one and is
+never read.
 
 Store rows: ``source="zheng-2020"``, ``record=<HospitalID>``, ``patient_id=<HospitalID>`` (one record per
 patient), ``dx="side=<LeftRight>,site=<Sublocation>,type=<Type>"``, ``dx_systems["zheng-2020"]="va-origin"``.
@@ -35,6 +48,14 @@ from ecgmodel.data.site_labels import _clean, write_labelled_records
 ZHENG_LEADS = ("aVF", "aVL", "aVR", "I", "II", "III", "V1", "V2", "V3", "V4", "V5", "V6")
 DIAGNOSIS_COLUMNS = ("HospitalID", "Type", "LeftRight", "Sublocation")
 CITATION = "Zheng et al., Scientific Data 7, 98 (2020); figshare, CC BY 4.0"
+#: 16,384 counts per mV (estimated +-20 %, see the module docstring), in microvolts per count
+DEFAULT_UV_PER_COUNT = 1000.0 / 16384.0
+UV_PER_COUNT_PROVENANCE = (
+    "estimate: ~16,384 counts/mV (+-20 %) from lead-II R-peak amplitudes compared sex-matched with a mV-declared "
+    "database, recomputed from the released files by a public dataset catalogue; largest sample ~9.45 mV"
+)
+#: sub-location cells that mean "not known" (blank cells arrive as NaN)
+UNKNOWN_SITES = frozenset({"", "na", "n/a", "nan", "none", "unknown"})
 
 
 class ZhengConfig(BaseModel):
@@ -47,7 +68,9 @@ class ZhengConfig(BaseModel):
     diagnosis_file: str = Field("Diagnosis.xlsx", description="Label table (HospitalID, Type, LeftRight, Sublocation).")
     fs_in: float = Field(2000.0, gt=0, description="Sampling rate of the CSV files, Hz.")
     uv_per_count: float = Field(
-        1.0, gt=0, description="ASSUMED amplitude scale of the unitless integer counts, microvolts per count."
+        DEFAULT_UV_PER_COUNT, gt=0,
+        description="Amplitude scale of the unitless integer counts, microvolts per count (default 1000/16384: "
+        "the published estimate of 16,384 counts per mV, see the module docstring).",
     )
     source: str = Field("zheng-2020", description="Source slug written to the store.")
     version: str = Field("1", description="Version recorded in the store's sources attribute.")
@@ -77,7 +100,19 @@ def read_diagnosis(path: str | Path) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def read_patient_csv(path: str | Path, uv_per_count: float = 1.0) -> tuple[np.ndarray, list[str]]:
+def site_label(value: object) -> str:
+    """The sub-location as stored, or ``""`` when the cell says nothing (blank, NA): unknown, not a class."""
+    text = _clean(value)
+    return "" if text.lower() in UNKNOWN_SITES else text
+
+
+def dx_text(side: object, site: object, typ: object) -> str:
+    """``side=<LeftRight>,site=<Sublocation>,type=<Type>``; an unknown part is left out."""
+    parts = {"side": _clean(side), "site": site_label(site), "type": _clean(typ)}
+    return ",".join(f"{k}={v}" for k, v in parts.items() if v and v.lower() not in UNKNOWN_SITES)
+
+
+def read_patient_csv(path: str | Path, uv_per_count: float = DEFAULT_UV_PER_COUNT) -> tuple[np.ndarray, list[str]]:
     """One patient's CSV -> (signal (12, T) in mV, lead names). Raises naming the file and the rule broken."""
     path = Path(path)
     if not path.is_file():
@@ -115,13 +150,15 @@ def ingest_zheng(cfg: ZhengConfig, store_path: str | Path) -> dict:
     def items():
         for row in table.itertuples(index=False):
             hid = row.HospitalID
-            dx = f"side={_clean(row.LeftRight)},site={_clean(row.Sublocation)},type={_clean(row.Type)}"
+            dx = dx_text(row.LeftRight, row.Sublocation, row.Type)
 
             def read(hid=hid):
                 sig, names = read_patient_csv(data_dir / f"{hid}.csv", cfg.uv_per_count)
                 return sig, names, cfg.fs_in
 
-            yield hid, read, {"dx": dx, "patient_id": hid, "database": cfg.source}
+            csv = data_dir / f"{hid}.csv"
+            yield hid, read, {"dx": dx, "patient_id": hid, "database": cfg.source,
+                              "record_path": f"{cfg.data_dir}/{hid}.csv", "raw_files": [csv] if csv.is_file() else []}
         for hid in orphans:
 
             def no_label(hid=hid):
@@ -133,7 +170,10 @@ def ingest_zheng(cfg: ZhengConfig, store_path: str | Path) -> dict:
         store_path, items(), source=cfg.source, version=cfg.version, dx_system=VA_ORIGIN_SYSTEM, fs=cfg.fs,
         window_s=cfg.window_s, max_windows=cfg.max_windows, commit_every=cfg.commit_every,
         source_info={"base_url": str(root.resolve()), "citation": CITATION, "licence": "CC BY 4.0",
-                     "fs_in": cfg.fs_in, "uv_per_count_assumed": cfg.uv_per_count},
+                     "fs_in": cfg.fs_in, "uv_per_count_assumed": cfg.uv_per_count,
+                     "uv_per_count_provenance": UV_PER_COUNT_PROVENANCE if cfg.uv_per_count == DEFAULT_UV_PER_COUNT
+                     else "set by the user"},
+        settings={"uv_per_count": cfg.uv_per_count, "fs_in": cfg.fs_in},
         total=len(table) + len(orphans),
     )  # fmt: skip
     return result

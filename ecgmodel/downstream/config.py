@@ -15,25 +15,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ecgmodel.data.split_assignment import SplitConfig
 from ecgmodel.models.encoder import EncoderConfig
 
-TASKS = ("arrhythmia27", "localization")
-EXPERIMENTS = {"arrhythmia27": "ecgssl-arrhythmia27", "localization": "ecgssl-localization"}
+__all__ = ["FinetuneConfig", "OptimConfig", "Schedule", "SplitConfig", "TASKS"]
+
+TASKS = ("arrhythmia27", "localization", "ptbxl-superclass")
+EXPERIMENTS = {"arrhythmia27": "ecgssl-arrhythmia27", "localization": "ecgssl-localization",
+               "ptbxl-superclass": "ecgssl-ptbxl-superclass"}  # fmt: skip
 #: the metric the ablation figures use, per task
-PRIMARY_METRIC = {"arrhythmia27": "challenge_score", "localization": "accuracy"}
+PRIMARY_METRIC = {"arrhythmia27": "challenge_score", "localization": "accuracy", "ptbxl-superclass": "macro_auroc"}
+MULTILABEL_TASKS = ("arrhythmia27", "ptbxl-superclass")
+Task = Literal["arrhythmia27", "localization", "ptbxl-superclass"]
 
 
-class SplitConfig(BaseModel):
-    """How records are split (patient-aware; see ``ecgmodel.data.splits``)."""
+class Schedule(BaseModel):
+    """One point of the per-init schedule grid: the optimiser keys an init may choose."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(0, description="Seed of the train/val/test split; fixed across ablation cells so they compare.")
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patient groups without folds put in val.")
-    test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patient groups without folds put in test.")
-    train_folds: list[int] = Field([1, 2, 3, 4, 5, 6, 7, 8], description="PTB-XL strat_folds used for training.")
-    val_folds: list[int] = Field([9], description="PTB-XL strat_folds used for validation (thresholds, best epoch).")
-    test_folds: list[int] = Field([10], description="PTB-XL strat_folds held out for the test metrics.")
+    lr: float = Field(gt=0, description="Peak learning rate of the head.")
+    encoder_lr_scale: float = Field(ge=0, description="Encoder lr = lr x this (full fine-tuning).")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the steps used for linear warm-up.")
+
+
+#: The documented grid every init chooses from (same grid, same budget for SSL and random init): the
+#: usual fine-tuning schedule (encoder at 0.1 x lr, no warm-up) and from-scratch schedules (encoder at the
+#: full lr with warm-up), each at two learning rates.
+DEFAULT_SCHEDULE_GRID = [
+    Schedule(lr=1e-3, encoder_lr_scale=0.1, warmup_fraction=0.0),
+    Schedule(lr=1e-3, encoder_lr_scale=1.0, warmup_fraction=0.1),
+    Schedule(lr=3e-4, encoder_lr_scale=1.0, warmup_fraction=0.1),
+    Schedule(lr=3e-3, encoder_lr_scale=0.3, warmup_fraction=0.1),
+]
 
 
 class OptimConfig(BaseModel):
@@ -47,6 +61,9 @@ class OptimConfig(BaseModel):
     encoder_lr_scale: float = Field(0.1, ge=0, description="Encoder lr = lr x this in full fine-tuning.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
+    warmup_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a share of all steps (the larger of this and warmup_steps)."
+    )
     max_pos_weight: float = Field(
         20.0, ge=1, description="arrhythmia27: cap of the per-class BCE positive weight (n_negative / n_positive)."
     )
@@ -60,8 +77,11 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["arrhythmia27", "localization"] = Field(
-        "arrhythmia27", description="arrhythmia27: 27 scored SNOMED codes (multi-label); localization: one site per record."
+    task: Task = Field(
+        "arrhythmia27",
+        description="arrhythmia27: the Challenge 2020 scored SNOMED codes, equivalent pairs merged (24 outputs, "
+        "multi-label); localization: one site per record; ptbxl-superclass: PTB-XL NORM/MI/STTC/CD/HYP "
+        "(multi-label, macro AUROC, records without a diagnostic superclass left out).",
     )
     store: str = Field("", description="Path of the ecgssl store holding the labelled records.")
     init: str = Field("random", description="'random' or a pretrained encoder reference (path, run id, runs:/, models:/).")
@@ -88,7 +108,25 @@ class FinetuneConfig(BaseModel):
     max_windows_per_record: int | None = Field(
         None, ge=1, description="Use at most this many windows of a record (None: all). Eval averages them."
     )
-    split: SplitConfig = Field(default_factory=SplitConfig, description="Patient-aware split settings.")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig,
+        description="Patient-aware split settings: the store's persisted assignment for them is used "
+        "(ecgmodel.data.split_assignment), the same one pretraining reads.",
+    )
+    validation: Literal["nested", "full"] = Field(
+        "nested",
+        description="nested: the validation records shrink with the label fraction (nested subsets like the "
+        "training ones), so a fraction's label count includes its validation labels honestly; full: the whole "
+        "validation split at every fraction (its labels are then counted in n_labels_used).",
+    )
+    min_val_records: int = Field(
+        5, ge=1, description="nested validation: at least this many validation records at any fraction."
+    )
+    eval_aggregate: Literal["mean", "max"] = Field(
+        "mean",
+        description="How a record's prediction aggregates the crops that tile all its windows (whole-record "
+        "evaluation): mean of the probabilities, or max (favours intermittent findings).",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser settings.")
     tune_thresholds: bool = Field(True, description="arrhythmia27: tune per-class thresholds on val (coordinate ascent).")
     threshold_grid: int = Field(41, ge=3, description="Candidate thresholds per class for the coordinate ascent.")
@@ -103,6 +141,10 @@ class FinetuneConfig(BaseModel):
         if not v or any(not 0 < f <= 1 for f in v):
             raise ValueError(f"fractions must lie in (0, 1], got {v}")
         return sorted(set(float(f) for f in v))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task in MULTILABEL_TASKS
 
     @property
     def experiment(self) -> str:

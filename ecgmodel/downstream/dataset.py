@@ -1,9 +1,13 @@
 """From a store to the labelled, split, in-memory data of one fine-tuning run.
 
 ``prepare_task(cfg)`` reads the store's metadata, derives one label row per record (arrhythmia27: multi-hot of
-the 27 scored codes from SNOMED sources; localization: one class per record), splits records patient-aware and
-stratified, draws the nested label subset of ``cfg.fraction`` for ``cfg.seed``, and loads the signal rows of the
-used records ONCE with ``store.load_signal`` (whole-chunk reads) into memory.
+the scored codes from SNOMED sources, equivalent pairs merged into 24 outputs; localization: one class per record;
+ptbxl-superclass: multi-hot NORM/MI/STTC/CD/HYP of PTB-XL records with a diagnostic statement), keeps ONE copy of
+every recording (``split_assignment.canonical_copies`` among the copies that carry the label), takes each record's
+split from the store's persisted assignment (``ecgmodel.data.split_assignment``, the one pretraining reads), draws
+the nested label subsets of ``cfg.fraction`` for ``cfg.seed`` (training records, and validation records when
+``cfg.validation == 'nested'``), and loads the signal rows of the used records ONCE with ``store.load_signal``
+(whole-chunk reads) into memory.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ecgmodel.data import labels as L
-from ecgmodel.data.splits import assign_splits, nested_fractions
+from ecgmodel.data.split_assignment import canonical_copies, ensure_assignment
+from ecgmodel.data.splits import nested_fractions
 from ecgmodel.downstream.config import FinetuneConfig
 
 
@@ -50,7 +55,7 @@ class TaskData:
 
     @property
     def multilabel(self) -> bool:
-        return self.task == "arrhythmia27"
+        return self.task in ("arrhythmia27", "ptbxl-superclass")
 
 
 def record_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -76,9 +81,25 @@ def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, st
                 f"{store_path}: no labelled SNOMED records for arrhythmia27 (rule: source dx_system "
                 f"'{L.SNOMED_SYSTEM}' and a non-empty dx); dx_systems are {dx_systems}"
             )
-        classes = L.scored_codes()
+        classes = L.merged_scored_codes()
         y = L.encode_snomed(records.loc[keep, "dx"], classes)
-        return keep.to_numpy(), y, classes, L.label_definition_table(), L.SNOMED_SYSTEM, {}
+        return keep.to_numpy(), y, classes, L.label_definition_table(merged=True), L.SNOMED_SYSTEM, {}
+    if cfg.task == "ptbxl-superclass":
+        from ecgmodel.data.ptbxl import SUPERCLASSES, superclass_matrix
+
+        systems = records["source"].map(lambda s: dx_systems.get(s, ""))
+        scp = systems == L.PTBXL_SYSTEM
+        y_all = superclass_matrix([L.split_dx(d) if k else [] for d, k in zip(records["dx"], scp, strict=True)])
+        keep = scp.to_numpy() & (y_all.sum(axis=1) > 0)  # rule: records without a diagnostic superclass are out
+        if not keep.any():
+            raise ValueError(
+                f"{store_path}: no PTB-XL record with a diagnostic superclass for ptbxl-superclass (rule: source "
+                f"dx_system '{L.PTBXL_SYSTEM}' and at least one diagnostic scp_code); dx_systems are {dx_systems}"
+            )
+        definitions = pd.DataFrame({"index": range(len(SUPERCLASSES)), "code": SUPERCLASSES,
+                                    "abbreviation": SUPERCLASSES, "name": SUPERCLASSES, "equivalence_group": "",
+                                    "source": "PTB-XL scp_statements.csv diagnostic_class"})  # fmt: skip
+        return keep, y_all[keep].astype(bool), list(SUPERCLASSES), definitions, L.PTBXL_SYSTEM, {}
     target = L.localization_target_of(dx_systems, records["source"].unique(), cfg.localization_target)
     names = pd.Series(
         [
@@ -95,7 +116,7 @@ def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, st
     if len(classes) < 2:
         raise ValueError(
             f"{store_path}: localization target '{target}' has {len(classes)} class(es) after merging rare ones "
-            f"({rule}); need at least 2"
+            f"({rule}); need at least 2: lower min_class_records (--set min_class_records=N) or add labelled records"
         )
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((int(keep.sum()), len(classes)), dtype=bool)
@@ -104,8 +125,11 @@ def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, st
     return keep.to_numpy(), y, classes, definitions, target, {"merge_rule": rule}
 
 
-def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
-    """Labels, splits, nested subset and in-memory windows for ``cfg`` (see module docstring)."""
+def labelled_records(cfg: FinetuneConfig, store=None) -> dict:
+    """The task's labelled records, one canonical copy per recording, each with its split (no signal read).
+
+    Returns a dict: records (source, record, database, dx, patient_id, fold, split), rows (store rows per record),
+    y, classes, definitions, target, info, assignment_file, n_copies_dropped."""
     from ecgmodel.data.store import open_store
 
     store = store or open_store(cfg.store)
@@ -118,10 +142,33 @@ def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
     if cfg.max_windows_per_record:
         rows = [r[: cfg.max_windows_per_record] for r in rows]
 
+    # one copy per recording (Challenge 2020/2021 and PTB-XL copies are counted once), split from the store's
+    # persisted assignment (the one pretraining reads)
+    assignment, assignment_file = ensure_assignment(store, cfg.split)
+    canon = canonical_copies(records)
+    n_copies = int((~canon).sum())
+    records, rows, y = records[canon].reset_index(drop=True), [r for r, c in zip(rows, canon, strict=True) if c], y[canon]
+    lookup = assignment.set_index(["source", "record"])
+    keys = pd.MultiIndex.from_arrays([records["source"].astype(str), records["record"].astype(str)])
+    missing = ~keys.isin(lookup.index)
+    if missing.any():
+        raise ValueError(f"{cfg.store}: record {records.loc[missing, 'record'].iloc[0]!r} is not in the split "
+                         f"assignment {assignment_file} (rule: one assignment per store content; delete it to rebuild)")
+    found = lookup.loc[keys]
+    records["split"] = found["split"].to_numpy()
+    records["patient_id"] = found["patient_id"].astype(str).to_numpy()
+    return {"store": store, "meta": meta, "records": records, "rows": rows, "y": y, "classes": classes,
+            "definitions": definitions, "target": target, "info": info, "assignment_file": assignment_file,
+            "n_copies_dropped": n_copies}  # fmt: skip
+
+
+def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
+    """Labels, splits, nested subset and in-memory windows for ``cfg`` (see module docstring)."""
+    lab = labelled_records(cfg, store)
+    store, meta, records, rows, y = lab["store"], lab["meta"], lab["records"], lab["rows"], lab["y"]
+    classes, definitions, target, info = lab["classes"], lab["definitions"], lab["target"], lab["info"]
+    assignment_file, n_copies = lab["assignment_file"], lab["n_copies_dropped"]
     s = cfg.split
-    split = assign_splits(records, y, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction,
-                          train_folds=s.train_folds, val_folds=s.val_folds, test_folds=s.test_folds)  # fmt: skip
-    records["split"] = split.to_numpy()
     for name in ("train", "val"):
         if not (records["split"] == name).any():
             raise ValueError(
@@ -138,7 +185,12 @@ def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
     records["labelled"] = False
     records.loc[chosen, "labelled"] = True
 
-    val_idx = np.flatnonzero(records["split"] == "val")
+    val_all = np.flatnonzero(records["split"] == "val")
+    if cfg.validation == "nested":  # the validation labels shrink with the fraction too (nested, stratified)
+        val_ladder = nested_fractions(y[val_all], ladder, seed=cfg.seed, min_size=min(cfg.min_val_records, len(val_all)))
+        val_idx = val_all[val_ladder[cfg.fraction]]
+    else:
+        val_idx = val_all
     test_idx = np.flatnonzero(records["split"] == "test")
     needed = [chosen, val_idx, test_idx]
     all_rows = np.concatenate([rows[i] for part in needed for i in part]) if len(records) else np.zeros(0, int)
@@ -152,7 +204,7 @@ def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
         flat = np.concatenate(win_rows) if win_rows else np.zeros(0, np.int64)
         take = np.array([position[int(r)] for r in flat], dtype=np.int64)
         rec_index = np.concatenate([np.full(len(r), j) for j, r in enumerate(win_rows)]) if win_rows else take
-        labels = y[idx] if cfg.task == "arrhythmia27" else y[idx].argmax(axis=1)
+        labels = y[idx] if cfg.task != "localization" else y[idx].argmax(axis=1)
         return WindowSet(signal[take], lead_present[flat], valid_length[flat], rec_index.astype(np.int64),
                          labels, records.iloc[idx].reset_index(drop=True))  # fmt: skip
 
@@ -161,7 +213,12 @@ def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:
         n_train_records=len(train_idx),
         n_labelled=len(chosen),
         n_val=len(val_idx),
+        n_val_split=len(val_all),
+        n_labels_used=len(chosen) + len(val_idx),
         n_test=len(test_idx),
+        n_copies_dropped=n_copies,
+        validation=cfg.validation,
+        split_assignment=str(assignment_file),
         store_hash=getattr(store, "hash", ""),
     )
     return TaskData(cfg.task, classes, definitions, records, y, window_set(chosen), window_set(val_idx),

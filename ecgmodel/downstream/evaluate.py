@@ -1,7 +1,9 @@
 """Record-level predictions and metrics of a downstream model.
 
-A record's prediction is the mean of its windows' probabilities (each window centre-cropped to the encoder's
-``input_samples``). arrhythmia27 reports the Challenge score at the tuned thresholds plus threshold-free
+Whole-record evaluation: every stored window of a record is tiled by crops of the encoder's ``input_samples``
+(first crop at the start, last one ending at the window's valid length, evenly spaced, overlapping when the
+length is not a multiple), so a finding anywhere in the record is seen; a record's prediction aggregates the
+probabilities of all its crops (mean, or max for intermittent findings: ``FinetuneConfig.eval_aggregate``). arrhythmia27 reports the Challenge score at the tuned thresholds plus threshold-free
 (AUROC, AUPRC) and thresholded (macro F1, exact-match accuracy) metrics; localization reports accuracy,
 balanced accuracy, macro F1 and the confusion matrix.
 """
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecgmodel.data.transforms import to_model_input
+from ecgmodel.data.transforms import crop, standardize
 from ecgmodel.downstream.dataset import WindowSet
 from ecgmodel.metrics.challenge2020 import challenge_score
 from ecgmodel.metrics.classification import (
@@ -25,6 +27,15 @@ from ecgmodel.metrics.classification import (
 )
 
 
+def tile_starts(valid_length: int, total: int, length: int) -> np.ndarray:
+    """Starts of the crops of ``length`` samples that cover ``[0, valid_length)`` of a ``total``-sample window."""
+    span = min(max(int(valid_length), length), total) - length
+    if span <= 0:
+        return np.zeros(1, dtype=np.int64)
+    k = int(np.ceil(span / length)) + 1
+    return np.unique(np.round(np.linspace(0, span, k)).astype(np.int64))
+
+
 @torch.no_grad()
 def predict_records(
     model: torch.nn.Module,
@@ -33,24 +44,34 @@ def predict_records(
     multilabel: bool,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    aggregate: str = "mean",
 ) -> np.ndarray:
-    """Per-record probabilities (n_records, C): mean over the record's windows."""
+    """Per-record probabilities (n_records, C) over crops tiling every window of the record."""
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"unknown aggregate {aggregate!r} (use 'mean' or 'max')")
     model.eval()
-    n_windows = len(data.signal)
+    total = data.signal.shape[-1] if len(data.signal) else input_samples
+    pairs = [(w, int(s)) for w in range(len(data.signal))
+             for s in tile_starts(int(data.valid_length[w]), total, input_samples)]  # fmt: skip
+    windows = np.array([p[0] for p in pairs], dtype=np.int64)
+    starts = np.array([p[1] for p in pairs], dtype=np.int64)
     probs: list[np.ndarray] = []
-    for start in range(0, n_windows, batch_size):
-        sl = slice(start, start + batch_size)
-        sig = torch.from_numpy(data.signal[sl]).to(device)
-        valid = torch.from_numpy(data.valid_length[sl]).to(device)
-        present = torch.from_numpy(data.lead_present[sl]).to(device)
-        x = to_model_input(sig, length=input_samples, crop_mode="center", valid_length=valid)
+    for begin in range(0, len(pairs), batch_size):
+        w = windows[begin : begin + batch_size]
+        sig = torch.from_numpy(data.signal[w])
+        x = standardize(crop(sig, torch.from_numpy(starts[begin : begin + batch_size]), input_samples)).to(device)
+        present = torch.from_numpy(data.lead_present[w]).to(device)
         logits = model(x, present).float()
         p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
         probs.append(p.cpu().numpy())
-    window_probs = np.concatenate(probs) if probs else np.zeros((0, model.head.out_features))
-    out = np.zeros((data.n_records, window_probs.shape[1]), dtype=np.float64)
-    counts = np.bincount(data.record_index, minlength=data.n_records).astype(np.float64)
-    np.add.at(out, data.record_index, window_probs)
+    crop_probs = np.concatenate(probs) if probs else np.zeros((0, model.head.out_features))
+    owner = data.record_index[windows] if len(windows) else np.zeros(0, np.int64)
+    out = np.zeros((data.n_records, crop_probs.shape[1]), dtype=np.float64)
+    if aggregate == "max":
+        np.maximum.at(out, owner, crop_probs)
+        return out
+    counts = np.bincount(owner, minlength=data.n_records).astype(np.float64)
+    np.add.at(out, owner, crop_probs)
     return out / np.maximum(counts, 1)[:, None]
 
 
@@ -73,3 +94,15 @@ def localization_metrics(
     """accuracy, balanced_accuracy, macro_f1; and the confusion matrix (rows true, columns predicted)."""
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
     return multiclass_metrics(y, pred, len(classes)), confusion_table(y, pred, classes)
+
+
+def superclass_metrics(
+    labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: Sequence[str]
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """ptbxl-superclass: macro AUROC (the benchmark's metric), macro AUPRC, macro F1 and exact-match accuracy at
+    ``thresholds``; and the per-class table."""
+    outputs = probs >= np.asarray(thresholds)[None, :]
+    metrics = multilabel_metrics(labels, probs, outputs)
+    table = per_class_table(labels, probs, outputs, classes)
+    table["threshold"] = np.asarray(thresholds)
+    return metrics, table

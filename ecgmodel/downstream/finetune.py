@@ -35,7 +35,12 @@ from ecgmodel.data.splits import save_split_artifacts
 from ecgmodel.data.transforms import to_model_input
 from ecgmodel.downstream.config import FinetuneConfig
 from ecgmodel.downstream.dataset import TaskData, prepare_task
-from ecgmodel.downstream.evaluate import arrhythmia_metrics, localization_metrics, predict_records
+from ecgmodel.downstream.evaluate import (
+    arrhythmia_metrics,
+    localization_metrics,
+    predict_records,
+    superclass_metrics,
+)
 from ecgmodel.downstream.model import DownstreamModel
 from ecgmodel.downstream.thresholds import tune_thresholds
 from ecgmodel.models.encoder import EncoderConfig, build_encoder
@@ -85,12 +90,18 @@ def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, threshold
     ws = getattr(data, split)
     if ws.n_records == 0:  # e.g. no labelled record in the test folds: metrics are undefined, not zero
         names = ["accuracy", "balanced_accuracy", "macro_f1"] if not data.multilabel else \
-            ["challenge_score", "macro_auroc", "macro_auprc", "macro_f1", "accuracy"]
+            ["challenge_score", "macro_auroc", "macro_auprc", "macro_f1", "accuracy"] \
+            if data.task == "arrhythmia27" else ["macro_auroc", "macro_auprc", "macro_f1", "accuracy"]
         return {k: float("nan") for k in names}, pd.DataFrame(), np.zeros((0, len(data.classes))), thresholds
-    probs = predict_records(model, ws, enc_cfg.input_samples, data.multilabel, cfg.optim.batch_size * 2, device)
+    probs = predict_records(model, ws, enc_cfg.input_samples, data.multilabel, cfg.optim.batch_size * 2, device,
+                            aggregate=cfg.eval_aggregate)  # fmt: skip
     if not data.multilabel:
         metrics, table = localization_metrics(ws.y, probs, data.classes)
         return metrics, table, probs, None
+    if data.task == "ptbxl-superclass":
+        thresholds = np.full(len(data.classes), 0.5) if thresholds is None else thresholds
+        metrics, table = superclass_metrics(ws.y, probs, thresholds, data.classes)
+        return metrics, table, probs, thresholds
     if tune:
         thresholds, _ = tune_thresholds(ws.y, probs, data.classes, cfg.threshold_grid, passes or cfg.threshold_passes)
     elif thresholds is None:
@@ -129,7 +140,9 @@ def finetune(
         params = {k: v for k, v in flatten(cfg).items() if k != "store"}
         params.update(
             store=cfg.store, n_labelled=data.info["n_labelled"], n_train_records=data.info["n_train_records"],
-            n_val=data.info["n_val"], n_test=data.info["n_test"], label_target=data.target,
+            n_val=data.info["n_val"], n_val_split=data.info["n_val_split"], n_labels_used=data.info["n_labels_used"],
+            n_test=data.info["n_test"], n_copies_dropped=data.info["n_copies_dropped"],
+            split_assignment=data.info["split_assignment"], label_target=data.target,
             encoder_params=sum(p.numel() for p in model.encoder.parameters()),
             encoder_input_samples=enc_cfg.input_samples, primary_metric=primary,
             # 'init' reads ssl/random; the reference itself goes to encoder_ref
@@ -151,11 +164,12 @@ def finetune(
     opt = torch.optim.AdamW(model.param_groups(o.lr, o.encoder_lr_scale, o.weight_decay))
     steps_per_epoch = max(1, math.ceil(n / o.batch_size))
     total = o.epochs * steps_per_epoch
+    warmup = max(o.warmup_steps, int(round(o.warmup_fraction * total)))
 
     def lr_lambda(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress_ = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
@@ -199,13 +213,15 @@ def finetune(
     model.load_state_dict(best["state"])
     val_metrics, val_table, _, thresholds = _evaluate(model, data, "val", enc_cfg, cfg, device,
                                                       tune=cfg.tune_thresholds)  # fmt: skip
-    test_metrics, test_table, _, _ = _evaluate(model, data, "test", enc_cfg, cfg, device, thresholds=thresholds)
+    test_metrics, test_table, test_probs, _ = _evaluate(model, data, "test", enc_cfg, cfg, device,
+                                                        thresholds=thresholds)  # fmt: skip
+    save_predictions(out / "test_predictions.npz", data, test_probs, thresholds)
 
     # ---- artifacts
     data.definitions.to_csv(out / "label_definitions.csv", index=False)
     save_split_artifacts(out, data.records[["source", "record", "patient_id"]], data.records["split"], data.subsets)
     (out / "history.json").write_text(json.dumps(history, indent=1))
-    if data.multilabel:
+    if data.multilabel and thresholds is not None:
         thr = data.definitions[["index", "code", "abbreviation"]].copy()
         thr["threshold"] = thresholds
         thr.to_csv(out / "thresholds.csv", index=False)
@@ -233,6 +249,12 @@ def finetune(
         "init": cfg.init,
         "mode": cfg.mode,
         "n_labelled": int(data.info["n_labelled"]),
+        "n_val": int(data.info["n_val"]),
+        "n_labels_used": int(data.info["n_labels_used"]),
+        "n_test": int(data.info["n_test"]),
+        "lr": o.lr,
+        "encoder_lr_scale": o.encoder_lr_scale,
+        "warmup_fraction": o.warmup_fraction,
         "best_epoch": int(best["epoch"]),
         "primary_metric": primary,
         **{f"best_val_{k}": float(v) for k, v in val_metrics.items()},
@@ -254,6 +276,20 @@ def finetune(
                 if path.is_file() and path.name not in skip:
                     client.log_artifact(run_id, str(path))
     return result
+
+
+def save_predictions(path: Path, data: TaskData, probs: np.ndarray, thresholds: np.ndarray | None) -> Path:
+    """The test predictions of one run, for the paired bootstrap of the ablation report
+    (``ecgmodel.metrics.bootstrap``): record keys, labels, probabilities and thresholded outputs."""
+    ws = data.test
+    keys = (ws.records["source"].astype(str) + "/" + ws.records["record"].astype(str)).to_numpy(dtype=str)
+    if thresholds is not None:  # multi-label: the thresholded outputs the metric scores
+        outputs = probs >= np.asarray(thresholds)[None, :]
+    else:  # single-label: the predicted class
+        outputs = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    np.savez_compressed(path, keys=keys, y=np.asarray(ws.y), probs=probs, outputs=outputs,
+                        classes=np.asarray(data.classes, dtype=str), task=np.asarray(data.task))  # fmt: skip
+    return path
 
 
 def _finite(v: Any) -> bool:

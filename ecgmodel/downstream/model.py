@@ -13,6 +13,8 @@ import torch.nn as nn
 
 from ecgmodel.models.encoder import Encoder
 
+NO_DECAY_SUFFIXES = ("pos_embed", "slot_embed", "mask_token")
+
 
 class DownstreamModel(nn.Module):
     def __init__(self, encoder: Encoder, n_classes: int, mode: str = "full", dropout: float = 0.1):
@@ -45,15 +47,17 @@ class DownstreamModel(nn.Module):
         return self.head(self.dropout(z))
 
     def param_groups(self, lr: float, encoder_lr_scale: float, weight_decay: float) -> list[dict]:
-        """AdamW groups: head at ``lr``; encoder (full mode) at ``lr * encoder_lr_scale``; no decay on 1-D params."""
+        """AdamW groups: head at ``lr``; encoder (full mode) at ``lr * encoder_lr_scale``; no decay on 1-D params
+        nor on the position / slot embeddings and the mask token (as in pretraining)."""
         groups = []
         parts = [(self.head, lr)]
         if self.mode == "full" and encoder_lr_scale > 0:
             parts.append((self.encoder, lr * encoder_lr_scale))
         for module, group_lr in parts:
-            params = [p for p in module.parameters() if p.requires_grad]
-            decay = [p for p in params if p.ndim >= 2]
-            no_decay = [p for p in params if p.ndim < 2]
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            embed = {n for n, _ in named if n.endswith(NO_DECAY_SUFFIXES)}
+            decay = [p for n, p in named if p.ndim >= 2 and n not in embed]
+            no_decay = [p for n, p in named if p.ndim < 2 or n in embed]
             groups.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay})
             groups.append({"params": no_decay, "lr": group_lr, "weight_decay": 0.0})
         return [g for g in groups if g["params"]]

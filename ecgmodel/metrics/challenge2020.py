@@ -9,7 +9,8 @@ Semantics follow ``evaluate_12ECG_score.py`` of physionetchallenges/evaluation-2
 3. modified confusion matrix ``A[j, k] += 1 / max(|labels_i OR outputs_i|, 1)`` for every positive label j and
    positive output k of record i;
 4. ``observed = sum(W * A(labels, outputs))``; ``correct`` uses outputs = labels; ``inactive`` predicts only the
-   normal class 426783006; score = (observed - inactive) / (correct - inactive), 0.0 when correct == inactive.
+   normal class 426783006; score = (observed - inactive) / (correct - inactive), NaN when correct == inactive (as the official
+   scorer, whose division yields NaN there).
 
 No library computes this metric, so it is hand-written; ``tests/unit/test_challenge_metric.py`` compares it with a
 literal transcription of the official loops on random inputs. The computation is vectorised: step 3 is
@@ -88,7 +89,7 @@ def challenge_score_scored(labels: np.ndarray, outputs: np.ndarray) -> float:
     inactive = np.nansum(weights * modified_confusion_matrix(labels, inactive_outputs))
     if correct != inactive:
         return float(observed - inactive) / float(correct - inactive)
-    return 0.0
+    return float("nan")
 
 
 def challenge_score(labels: np.ndarray, outputs: np.ndarray, classes: Sequence[str]) -> float:
@@ -143,4 +144,4 @@ class ChallengeScorer:
         observed = np.nansum(self.weights * modified_confusion_matrix(self.labels, out))
         if self.correct != self.inactive:
             return float(observed - self.inactive) / float(self.correct - self.inactive)
-        return 0.0
+        return float("nan")

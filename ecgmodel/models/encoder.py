@@ -205,7 +205,14 @@ class Encoder(nn.Module):
         return self.patch_embed(h).transpose(1, 2).reshape(B, L, P, -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x float (B, L, T); optional ``mask`` bool (B, L, P) of patches to hide -> tokens (B, L, P, d)."""
+        """x float (B, L, T); optional ``mask`` bool (B, L, P) of patches to hide -> tokens (B, L, P, d).
+
+        resnet1d: the hidden samples are zeroed BEFORE the convolutions (whose receptive fields cross patch
+        borders, so neighbouring tokens would otherwise see them); their tokens are then the mask token too."""
+        if mask is not None and self.cfg.arch == "resnet1d":
+            B, L, T = x.shape
+            ps = self.cfg.patch_size
+            x = x.reshape(B, L, T // ps, ps).masked_fill(mask[..., None], 0.0).reshape(B, L, T)
         tok = self.tokenize(x)
         B, L, P, d = tok.shape
         if mask is not None:

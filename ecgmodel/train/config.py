@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ecgmodel.data.split_assignment import SplitConfig
 from ecgmodel.models.encoder import EncoderConfig
 
 
@@ -65,6 +66,26 @@ class DataConfig(_Strict):
     buffer_chunks: int = Field(4, ge=1, description="Chunks shuffled together by the streaming loader.")
     prefetch: int = Field(4, ge=1, description="Batches read ahead by the streaming loader's thread.")
     min_std_uv: float = Field(10.0, gt=0, description="Floor of the per-lead std in standardisation (uV).")
+    splits: list[Literal["train", "val", "test", "unused"]] = Field(
+        ["train"],
+        description="Splits of the store's persisted split assignment (ecgmodel.data.split_assignment) whose "
+        "recordings pretraining reads (one canonical copy each). The default keeps every validation and test "
+        "recording unseen; an ablation refuses an encoder that saw its test records unless told to allow it.",
+    )
+    split: SplitConfig = Field(
+        default_factory=SplitConfig,
+        description="Settings of that assignment (seed, fractions, folds, ptbxl_split, ptbxl_metadata); keep them "
+        "equal to the fine-tuning's `split` so both read the same assignment.",
+    )
+    extra_stores: list[str] = Field(
+        default_factory=list,
+        description="Further ecgssl stores pretraining reads whole (unlabelled external data; in-memory loader). "
+        "Their recordings are listed in pretrain_records.csv too, so the ablation's leak check sees copies of a "
+        "task's val/test recordings in them.",
+    )
+    eval_windows: int = Field(
+        256, ge=1, description="Held-out (validation-split) windows scored for the eval_* metrics at the end."
+    )
 
 
 class OptimConfig(_Strict):

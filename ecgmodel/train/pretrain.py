@@ -16,15 +16,18 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
+from ecgmodel.data.signal import FLAT_MV
+from ecgmodel.data.split_assignment import SEEN_FILE, SEEN_INFO, write_seen
 from ecgmodel.data.transforms import to_model_input
 from ecgmodel.models.encoder import build_encoder
 from ecgmodel.models.heads import PretrainModel
@@ -93,7 +96,10 @@ def pretext_step(
     x = to_model_input(signal, enc.input_samples, crop_mode, valid_length, gen, cfg.data.min_std_uv)
     B, L, T = x.shape
     P = T // enc.patch_size
-    weight = lead_present.float()
+    # flat leads (the ingest's QC_FLAT rule: peak-to-peak under FLAT_MV) carry no signal: no lead-number target,
+    # no reconstruction target
+    live = (signal.amax(dim=-1).float() - signal.amin(dim=-1).float()) >= FLAT_MV * 1000.0
+    weight = (lead_present & live).float()
     out: dict[str, torch.Tensor] = {}
     if ssl.mode in ("joint", "shuffle"):
         src = random_lead_permutation(
@@ -136,7 +142,8 @@ def autocast_ctx(cfg: PretrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_id: str | None, tracking_uri: str | None):
+def _mlflow_start(cfg: PretrainConfig, store: str, store_hash: str, run_id: str | None, flow_run_id: str | None,
+                  tracking_uri: str | None):
     import mlflow
 
     from ecgmodel.tracking import run_tags, setup_mlflow
@@ -144,17 +151,57 @@ def _mlflow_start(cfg: PretrainConfig, store: str, run_id: str | None, flow_run_
     setup_mlflow(cfg.run.experiment, tracking_uri)
     if run_id:
         return mlflow.start_run(run_id=run_id)
-    try:
-        from ecgmodel.data.store import content_hash
-
-        store_hash = content_hash(store)
-    except Exception:  # the tag is informative; a store without a manifest still trains
-        store_hash = "unknown"
     tags = run_tags(config_hash=config_hash(cfg), store_hash=store_hash, store_path=str(Path(store).resolve()),
                     flow_run_id=flow_run_id)
     run = mlflow.start_run(run_name=f"pretrain-{config_hash(cfg)[:8]}", tags=tags)
     mlflow.log_params(flatten(cfg))
     return run
+
+
+def select_rows(store: str | Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """The store rows pretraining reads: canonical copies of the recordings in ``cfg.data.splits`` of the store's
+    persisted split assignment; plus the held-out (validation) rows the eval_* metrics use and what was seen."""
+    from ecgmodel.data.split_assignment import ensure_assignment, file_sha, rows_of
+    from ecgmodel.data.store import Store, open_store
+
+    st = store if isinstance(store, Store) else open_store(store)
+    meta = st.meta()
+    table, path = ensure_assignment(st, cfg.data.split)
+    rows = rows_of(meta, table, cfg.data.splits)
+    if len(rows) == 0:
+        raise ValueError(f"{store}: no store row lies in the pretraining splits {cfg.data.splits} of {path} "
+                         "(rule: pretraining reads canonical copies of those splits only)")  # fmt: skip
+    held = [s for s in ("val",) if s not in cfg.data.splits]
+    eval_rows = rows_of(meta, table, held) if held else np.zeros(0, np.int64)
+    seen = table[table["split"].isin(cfg.data.splits) & table["canonical"].astype(bool)]
+    extra = []
+    for other in cfg.data.extra_stores:  # unlabelled external stores: read whole, listed as seen
+        from ecgmodel.data.split_assignment import recording_keys, store_records
+
+        ost = open_store(other)
+        recs = store_records(ost.meta())
+        recs = recs.assign(recording_key=recording_keys(recs).to_numpy(), split="external")
+        seen = pd.concat([seen, recs[["source", "record", "recording_key", "split"]]], ignore_index=True)
+        extra.append((str(other), None))
+    info = {"store": str(st.path), "store_hash": st.hash, "split_assignment": str(path),
+            "split_assignment_sha": file_sha(path), "splits": list(cfg.data.splits), "n_windows": int(len(rows)),
+            "n_recordings": int(len(seen)), "n_eval_windows": int(min(len(eval_rows), cfg.data.eval_windows))}  # fmt: skip
+    info["extra_stores"] = list(cfg.data.extra_stores)
+    return {"rows": rows, "eval_rows": eval_rows[: cfg.data.eval_windows], "seen": seen, "info": info,
+            "extra": extra}
+
+
+def evaluate_held_out(model, store, selection: dict[str, Any], cfg: PretrainConfig, device, train_loader):
+    """eval_* metrics on held-out (validation-split) windows; on the training stream only when the store has no
+    held-out row (``source`` says which)."""
+    from ecgmodel.data.loader import InMemoryLoader
+
+    rows = selection["eval_rows"]
+    if len(rows) == 0:
+        return {**evaluate(model, train_loader, cfg, device), "source": "train"}
+    batch = min(cfg.data.batch_size, len(rows))
+    held = InMemoryLoader(store, batch, device, rows=rows, seed=cfg.run.seed, device_resident=True)
+    return {**evaluate(model, held, cfg, device, batches=max(1, len(rows) // batch)), "source": "val"}
 
 
 @torch.no_grad()
@@ -195,9 +242,12 @@ def train(
     flow_run_id: str | None = None,
     tracking_uri: str | None = None,
     stop_after: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Pretrain on ``store``; checkpoints and the encoder go to ``out``. ``stop_after`` ends this call after that
-    many steps (as an interruption would) without the end-of-run artifacts. Returns a summary dict."""
+    many steps (as an interruption would) without the end-of-run artifacts. ``on_progress(step, max_steps)`` is
+    called on the main process at the start and after every step (an orchestrator throttles and shows it).
+    Returns a summary dict."""
     info = distributed.setup(cfg.run.device)
     device = info.device
     out = Path(out)
@@ -211,9 +261,18 @@ def train(
     np.random.seed(cfg.run.seed + info.rank)
     gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 7919 + info.rank)  # pretext randomness
 
+    # One view of the store, pinned to the commit it was opened at: the rows read, the split, the recorded hash and
+    # the MLflow tag all describe that commit even if an ingest commits more rows meanwhile.
+    from ecgmodel.data.store import open_store
+
+    pinned = open_store(store)
+    selection = select_rows(pinned, cfg)
+    if info.is_main:
+        write_seen(out, selection["seen"], selection["info"])
     loader = make_loader(
-        str(store), cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
-        cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident,
+        pinned, cfg.data.loader, cfg.data.batch_size // info.world_size, device, info.rank, info.world_size,
+        cfg.run.seed, cfg.data.buffer_chunks, cfg.data.prefetch, cfg.data.device_resident, rows=selection["rows"],
+        extra=selection["extra"] or None,
     )
     raw = PretrainModel(build_encoder(cfg.encoder), cfg.ssl.mode).to(device)
     optimizer = torch.optim.AdamW(param_groups(raw, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -224,7 +283,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for fp16 configs
     step, run_id = 0, None
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied to the device
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         saved = PretrainConfig.model_validate(ckpt["config"])
         if saved.encoder != cfg.encoder or saved.ssl != cfg.ssl:
             raise ValueError(f"{ckpt_path}: checkpoint was trained with another encoder/ssl config; "
@@ -249,15 +309,12 @@ def train(
         return {**json.loads(result_path.read_text()), "history": []}
     if info.is_main:
         result_path.unlink(missing_ok=True)
-    model = torch.compile(raw) if cfg.run.compile else raw
-    if info.enabled:
-        unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=unused)
+    unused = cfg.ssl.mode == "shuffle" or cfg.ssl.mask_fill == "zero"  # mask token then gets no gradient
+    model = distributed.wrap_model(raw, info, compile=cfg.run.compile, find_unused_parameters=unused)
 
     mlflow_run = None
     if cfg.run.mlflow and info.is_main:
-        mlflow_run = _mlflow_start(cfg, str(store), run_id, flow_run_id, tracking_uri)
+        mlflow_run = _mlflow_start(cfg, str(store), pinned.hash, run_id, flow_run_id, tracking_uri)
         run_id = mlflow_run.info.run_id
     buf = None
     if mlflow_run is not None:
@@ -294,6 +351,8 @@ def train(
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=cfg.optim.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    if on_progress is not None and info.is_main:
+        on_progress(step, cfg.optim.max_steps)
     raw.train()
     while step < end:
         t0 = time.perf_counter()
@@ -334,6 +393,8 @@ def train(
             n_acc, t_data, t_last = 0, 0.0, time.perf_counter()
         if pbar is not None:
             pbar.update(1)
+        if on_progress is not None and info.is_main:
+            on_progress(step, cfg.optim.max_steps)
         if step % cfg.run.ckpt_every == 0 or step == end:
             checkpoint()
     if pbar is not None:
@@ -345,7 +406,7 @@ def train(
     if finished and info.is_main:
         encoder_path = save_encoder(out / ENCODER_FILE, raw.encoder, cfg.encoder)
         result["encoder_path"] = str(encoder_path)
-        ev = evaluate(raw, loader, cfg, device)
+        ev = evaluate_held_out(raw, pinned, selection, cfg, device, loader)
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
             result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))
@@ -386,15 +447,45 @@ def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, 
     with MLFLOW_WRITE_LOCK:
         mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
         mlflow.log_artifact(str(out / "config.json"), artifact_path="encoder")
+        for name in (SEEN_FILE, SEEN_INFO):  # what the encoder saw travels with it (the ablation's leak check)
+            if (out / name).is_file():
+                mlflow.log_artifact(str(out / name), artifact_path="encoder")
+        mlflow.set_tag("ecgssl.pretrain_splits", ",".join(cfg.data.splits))
+        mlflow.set_tag("ecgssl.eval_source", ev.get("source", ""))
     result = {"encoder_uri": f"runs:/{run_id}/encoder"}
     if cfg.run.register_model:
-        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model)
+        tags = mlflow.get_run(run_id).data.tags
+        meta = encoder_version_metadata(cfg, tags.get("ecgssl.store_hash"), ev["metrics"], run_id)
+        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model, **meta)
     return result
 
 
-def register_encoder(run_id: str, name: str = "ecgssl-encoder") -> str:
-    """Register the run's ``encoder/`` artifact directory as a new version of model ``name``;
-    returns ``models:/<name>/<version>`` (``load_encoder`` reads it back as an :class:`Encoder`)."""
+def encoder_version_metadata(
+    cfg: PretrainConfig, store_hash: str | None, metrics: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """Description and tags of a registered encoder version: what it was trained on, how, and how well."""
+    finite = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}  # fmt: skip
+    pretext = {"joint": "masked reconstruction + lead-order prediction", "mask": "masked reconstruction",
+               "shuffle": "lead-order prediction"}.get(cfg.ssl.mode, cfg.ssl.mode)  # fmt: skip
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(finite.items())) or "-"
+    description = (
+        f"Self-supervised ECG encoder ({pretext}), {cfg.optim.max_steps} steps on store {store_hash or 'unknown'}; "
+        f"config {config_hash(cfg)}, MLflow run {run_id}. Final metrics: {shown}. "
+        "Load with ecgmodel.train.checkpoint.load_encoder."
+    )
+    tags = {"ecgssl.store_hash": store_hash or "unknown", "ecgssl.config_hash": config_hash(cfg),
+            "ecgssl.pretext": cfg.ssl.mode, "ecgssl.steps": str(cfg.optim.max_steps),
+            "ecgssl.d_model": str(cfg.encoder.d_model)}  # fmt: skip
+    tags.update({f"ecgssl.metric.{k}": f"{v:.6g}" for k, v in finite.items()})
+    return {"description": description, "tags": tags}
+
+
+def register_encoder(
+    run_id: str, name: str = "ecgssl-encoder", description: str | None = None, tags: dict[str, str] | None = None
+) -> str:
+    """Register the run's ``encoder/`` artifact directory as a new version of model ``name`` (with ``description``
+    and ``tags``); returns ``models:/<name>/<version>`` (``load_encoder`` reads it back as an :class:`Encoder`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -410,7 +501,7 @@ def register_encoder(run_id: str, name: str = "ecgssl-encoder") -> str:
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise
-        mv = client.create_model_version(name, source=source, run_id=run_id)
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
     return f"models:/{name}/{mv.version}"
 
 

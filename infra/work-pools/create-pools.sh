@@ -17,3 +17,7 @@ if [[ "${1:-}" == "--docker" ]]; then
   create gpu-docker docker docker-gpu.json
 fi
 prefect work-pool ls
+# One store writer at a time across deployments (the daily ingest and the weekly pipeline share the store):
+# tasks tagged store-writer queue here instead of waiting on the store's lock.
+prefect concurrency-limit create store-writer 1 > /dev/null 2>&1 || true
+prefect concurrency-limit inspect store-writer > /dev/null

@@ -130,3 +130,38 @@ def test_cluster_ingest_equals_local_ingest(cluster):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy(), equal_nan=a[col].dtype.kind == "f"), col
     assert np.array_equal(cluster_store.load_signal(), local_store.load_signal())
     assert np.array_equal(cluster_store.lead_present(), local_store.lead_present())
+
+
+def _dies_on_e00015(root, source, paths, *rest):
+    """convert_batch, except that the worker PROCESS dies when its batch holds E00015 (an OOM kill, a crash)."""
+    from ecgmodel.data.convert import convert_batch
+
+    if any(p.endswith("E00015") for p in paths):
+        os._exit(1)
+    return convert_batch(root, source, paths, *rest)
+
+
+def test_worker_killed_mid_batch_loses_only_the_record_that_kills_it():
+    """A real worker process dies mid-batch (distributed reports KilledWorker): the batch is bisected, the
+    record that kills its worker is quarantined, every other record of the batch comes back."""
+    import cloudpickle
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from ecgmodel.data.convert import _results
+    from ecgmodel.data.sources import get_source
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    src = get_source("challenge-2020")
+    root = str(REPO / "tests" / "data" / "physionet" / "challenge-2020" / "1.0.2")
+    paths = ["training/cpsc_2018/g1/A0001", "training/georgia/g1/E00001", "training/georgia/g1/E00015",
+             "training/ptb/g1/S0001"]  # fmt: skip
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40,
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        results = list(_results(client, _dies_on_e00015, [(root, src, paths, 500, 10.0, 6)], max_in_flight=2))
+    assert len(results) == 1
+    res = results[0]
+    assert sorted(res.records) == ["A0001", "E00001", "S0001"] and len(res.batch) >= 3
+    assert [f["record"] for f in res.failures] == ["E00015"]
+    assert "KilledWorker" in res.failures[0]["reason"] and "worker crash" in res.failures[0]["reason"]

@@ -25,14 +25,13 @@ def test_whole_mirror_over_http(physionet_mirror: Path, tmp_path: Path):
             for slug, src in SOURCES.items()
         }
 
-    expected_records = {"challenge-2020": 74, "challenge-2021": 52, "ptb-xl": 1000, "ludb": 200}
     checked = 0
     for slug, result in results.items():
         mirror_root = physionet_mirror / SOURCES[slug].url_path
         sums = parse_checksums((mirror_root / "SHA256SUMS.txt").read_text())
         assert result.failures == [], (slug, result.failures[:3])
-        assert len(result.records) == expected_records[slug]
-        assert result.records == (mirror_root / "RECORDS").read_text().split()
+        # every record the mirror lists (all record groups selected), in its order
+        assert result.records == (mirror_root / "RECORDS").read_text().split() and result.records
         assert sorted(result.metadata_files) == sorted(SOURCES[slug].metadata_files)
         # every file belonging to a record or listed as metadata is here, and matches the published sha256
         records = set(result.records)

@@ -21,7 +21,8 @@ def small_config(tmp: Path) -> PipelineConfig:
         "optim.max_steps": 4, "data.batch_size": 8, "run.progress": False, "run.register_model": False})
     cfg["ablation"].update(tasks=["localization"], fractions=[1.0], seeds=1, modes=["full"], inits=["random", "ssl"],
                            overrides={"optim.epochs": 1, "min_class_records": 2}, max_concurrent=1,
-                           out_dir=str(tmp / "ablation"))
+                           out_dir=str(tmp / "ablation"), bootstrap_samples=50,
+                           schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}])
     return PipelineConfig.model_validate(cfg)
 
 
@@ -64,7 +65,12 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     summary = _artifacts("pipeline-summary")
     assert summary and abl["parent_run_id"] in summary[-1].data and "noisy" in summary[-1].data
     table = _artifacts("ablation-localization")
-    assert table and "fraction" in str(table[-1].data)
+    assert table and "fraction" in str(table[-1].data) and "test_accuracy mean" in str(table[-1].data)
+    assert "test_accuracy" in table[-1].description
+    # progress artifacts of the long stages, finished
+    for key in ("pretrain-progress", "ingest-progress"):
+        progress = _artifacts(key)
+        assert progress and progress[-1].type == "progress" and float(progress[-1].data) == 100.0, key
 
     # 2nd run: nothing changed -> every stage cached (same MLflow runs, no new pretraining run)
     n_pretrain_runs = len(client.search_runs([client.get_experiment_by_name("ecgssl-pretrain").experiment_id]))
@@ -90,6 +96,16 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     assert new_parent != abl["parent_run_id"] and client.get_run(new_parent).info.status == "FINISHED"
     assert fourth["pretrain_run_id"] == third["pretrain_run_id"]  # the rebuilt result is the one cached now
 
+    # 5th run: every fine-tuning cell fails (no class keeps enough records) -> the run ends Failed, after its
+    # report, with a message naming the setting that decides it
+    failing = cfg.model_copy(deep=True)
+    failing.ablation.overrides = {**cfg.ablation.overrides, "min_class_records": 10_000}
+    state = pipeline_flow(failing, return_state=True)
+    assert state.is_failed(), state
+    assert "localization" in state.message and "min_class_records" in state.message
+    failed_summary = max(_artifacts("pipeline-summary"), key=lambda a: a.created).data  # the newest
+    assert "The run failed" in failed_summary and "min_class_records" in failed_summary
+
 
 def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):
     """The gpu pool's multi-process path: flow -> infra/torchrun/pretrain.sh -> torchrun (2 gloo processes here)."""
@@ -98,7 +114,8 @@ def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):
     from ecgmodel.data.convert import convert_sources
     from ecgmodel.data.download import download_source
     from ecgmodel.data.ingest_config import IngestConfig
-    from flows.pipeline import SAMPLE_MIRROR, pretrain_ddp_flow
+    from ecgmodel.pipeline_config import SAMPLE_MIRROR
+    from flows.pretrain import pretrain_ddp_flow
 
     monkeypatch.chdir(tmp_path)
     cfg = IngestConfig(sources=["ludb", "ptb-xl"], mirror=str(SAMPLE_MIRROR), store=str(tmp_path / "store.zarr"),

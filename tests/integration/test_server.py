@@ -1,7 +1,8 @@
 """The product as deployed: a real Prefect server and MLflow server on 127.0.0.1, the work pools from
-infra/work-pools, `prefect deploy --all` of prefect.yaml, an ablation triggered with parameters, a process
-worker (`--run-once`) running it from the checkout named by ECGSSL_HOME, and the results read back through
-MLflow's REST API and Prefect's REST API. Every process the test starts is stopped, also on failure.
+infra/work-pools, `prefect deploy --all` of prefect.yaml (schedules paused: nothing starts), the demo-sized
+pipeline deployment and ablations triggered with parameters, process workers (`--run-once`) running them from the
+checkout named by ECGSSL_HOME, and the results read back through MLflow's REST API and Prefect's REST API
+(artifacts, progress artifacts, final states). Every process the test starts is stopped, also on failure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -139,10 +141,14 @@ def stack(tmp_path_factory):
             svc.stop()
 
 
-def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
-    env, tmp = stack["env"], stack["tmp"]
-    prefect = str(BIN / "prefect")
+DEPLOYMENTS = {"pipeline", "pipeline-demo", "ingest", "pretrain", "pretrain-ddp", "ablation"}
 
+
+@pytest.fixture(scope="module")
+def deployed(stack):
+    """Work pools and every deployment of prefect.yaml on the server, as a user creates them."""
+    env = stack["env"]
+    prefect = str(BIN / "prefect")
     # work pools from the committed templates (the script is idempotent: run it twice)
     run(["bash", "infra/work-pools/create-pools.sh"], env, timeout=120)
     out = run(["bash", "infra/work-pools/create-pools.sh"], env, timeout=120)
@@ -155,15 +161,82 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
     deploy_env = {k: v for k, v in env.items() if k != "ECGSSL_HOME"}
     out = run([prefect, "--no-prompt", "deploy", "--all"], deploy_env, timeout=300)
     deployments = requests.post(f"{stack['prefect']}/deployments/filter", json={}, timeout=10).json()
-    assert {d["name"] for d in deployments} >= {"pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"}, out
     by_name = {d["name"]: d for d in deployments}
-    assert by_name["pipeline"]["schedules"] and by_name["ingest"]["schedules"]
-    for name in ("pipeline", "ingest"):  # no scheduled tick may reach the worker below (it has no internet)
-        resp = requests.post(f"{stack['prefect']}/deployments/{by_name[name]['id']}/pause_deployment", timeout=10)
-        assert resp.status_code < 300, resp.text
-    assert by_name["ablation"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+    assert set(by_name) >= DEPLOYMENTS, out
+    return by_name
+
+
+def trigger(env: dict[str, str], deployment: str, params: dict) -> str:
+    cmd = [str(BIN / "prefect"), "deployment", "run", deployment]
+    for key, value in params.items():
+        cmd += ["--param", f"{key}={json.dumps(value)}"]
+    out = run(cmd, env, timeout=120)
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+
+
+def work_once(stack, pool: str, log_name: str, timeout: float = 420) -> str:
+    """One worker pass on ``pool``, started outside the checkout (flows run in ECGSSL_HOME)."""
+    worker_cwd = stack["tmp"] / "elsewhere"
+    worker_cwd.mkdir(exist_ok=True)
+    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+                             "--run-once"], env=stack["env"], cwd=worker_cwd, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    out = worker.stdout + worker.stderr
+    (stack["logs"] / f"{log_name}.log").write_text(out)
+    return out
+
+
+def final_state(stack, flow_run_id: str) -> dict:
+    state = None
+    for _ in range(120):  # the run may still be finalising when the worker returns
+        state = requests.get(f"{stack['prefect']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(1)
+    return state
+
+
+def artifacts(stack, **flt) -> list[dict]:
+    body = {"sort": "CREATED_DESC", "limit": 200}
+    if "flow_run_id" in flt:
+        body["artifacts"] = {"flow_run_id": {"any_": [flt["flow_run_id"]]}}
+    if "key" in flt:
+        body["artifacts"] = {"key": {"any_": [flt["key"]]}}
+    resp = requests.post(f"{stack['prefect']}/artifacts/filter", json=body, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()[::-1]  # oldest first
+
+
+def subflow_runs(stack, parent_flow_run_id: str) -> list[dict]:
+    """Flow runs nested under ``parent_flow_run_id`` (through its stage tasks), any depth."""
+    found, frontier = [], [parent_flow_run_id]
+    while frontier:
+        tasks = requests.post(f"{stack['prefect']}/task_runs/filter", json={
+            "flow_runs": {"id": {"any_": frontier}}, "limit": 200}, timeout=10).json()
+        task_ids = [t["id"] for t in tasks]
+        if not task_ids:
+            break
+        runs = requests.post(f"{stack['prefect']}/flow_runs/filter", json={
+            "flow_runs": {"parent_task_run_id": {"any_": task_ids}}, "limit": 200}, timeout=10).json()
+        found += runs
+        frontier = [r["id"] for r in runs]
+    return found
+
+
+def test_deploy_starts_nothing(stack, deployed):
+    """Schedules ship paused: `prefect deploy --all` queues no run (they would download all of PhysioNet)."""
+    for name in ("pipeline", "ingest"):
+        schedules = deployed[name]["schedules"]
+        assert schedules and all(not s["active"] for s in schedules), schedules
+    runs = requests.post(f"{stack['prefect']}/flow_runs/filter", json={}, timeout=10).json()
+    assert runs == [], [(r["name"], r["state_type"]) for r in runs]
+    assert deployed["ablation"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": "{{ $ECGSSL_HOME }}"
     }
+
+
+def test_deploy_trigger_ablation_and_read_results_over_rest(stack, deployed):
+    env, tmp = stack["env"], stack["tmp"]
 
     # trigger the ablation with small parameters
     params = {
@@ -171,25 +244,15 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack):
         "seeds": 1, "modes": ["full"], "inits": ["random", "ssl"], "max_concurrent": 1,
         "overrides": {"optim.epochs": 1, "min_class_records": 2}, "out_dir": str(tmp / "ablation"),
     }
-    cmd = [prefect, "deployment", "run", "ablation/ablation"]
-    for key, value in params.items():
-        cmd += ["--param", f"{key}={json.dumps(value)}"]
-    out = run(cmd, env, timeout=120)
-    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    flow_run_id = trigger(env, "ablation/ablation", params)
 
     # one worker pass on the cpu pool runs it, from the checkout in ECGSSL_HOME (not the worker's cwd)
-    worker_cwd = tmp / "elsewhere"
-    worker_cwd.mkdir()
-    worker = subprocess.run([prefect, "worker", "start", "--pool", "cpu", "--type", "process", "--run-once"],
-                            env=env, cwd=worker_cwd, capture_output=True, text=True, timeout=420)
-    (stack["logs"] / "worker.log").write_text(worker.stdout + worker.stderr)
-    state = None
-    for _ in range(120):  # the run may still be finalising when the worker returns
-        state = requests.get(f"{stack['prefect']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
-        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(1)
-    assert state["type"] == "COMPLETED", f"{state}\n{(worker.stdout + worker.stderr)[-6000:]}"
+    worker = work_once(stack, "cpu", "worker-ablation")
+    state = final_state(stack, flow_run_id)
+    assert state["type"] == "COMPLETED", f"{state}\n{worker[-6000:]}"
+    # the ablation run's own artifacts in Prefect (its results table at least) and its cell progress
+    kinds = {a["type"] for a in artifacts(stack, flow_run_id=flow_run_id)}
+    assert "table" in kinds and "progress" in kinds, kinds
 
     # results, read through MLflow's REST API only
     api = f"{stack['mlflow']}/api/2.0/mlflow"
@@ -239,3 +302,78 @@ def test_ecgssl_ui_serves_the_local_store(stack):
     exps = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
                         params={"max_results": 10}, timeout=10).json()
     assert [e["name"] for e in exps["experiments"]] == ["Default"]  # its own store, not the server's
+
+    # SIGTERM to `ecgssl ui` (as a service manager or a container stop sends it) stops every process it started
+    started = psutil.Process(ui.proc.pid).children(recursive=True)
+    assert started, "ecgssl ui started no MLflow process"
+    ui.proc.send_signal(signal.SIGTERM)
+    assert ui.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, deployed):
+    """The demo-sized pipeline deployment end to end on a worker, then an ablation whose cells all fail."""
+    env, tmp = stack["env"], stack["tmp"]
+    demo = tmp / "demo"
+    config = {  # the demo preset, made smaller still (one source, 4 pretraining steps, 2 fine-tuning cells)
+        "preset": "demo",
+        "ingest": {"sources": ["ptb-xl"], "store": str(demo / "store.zarr"), "raw_dir": str(demo / "raw"),
+                   "workers": 0},
+        "pretrain": {"out": str(demo / "pretrain"),
+                     "overrides": {"optim.max_steps": 4, "data.batch_size": 8, "run.progress": False}},
+        "ablation": {"tasks": ["localization"], "fractions": [1.0], "seeds": 1, "inits": ["random", "ssl"],
+                     "max_concurrent": 1, "out_dir": str(demo / "ablation"),
+                     "overrides": {"optim.epochs": 1, "min_class_records": 2}},
+    }  # fmt: skip
+    pipeline_run = trigger(env, "pipeline/pipeline-demo", {"config": config})
+    worker = work_once(stack, "cpu", "worker-pipeline-demo", timeout=540)
+    state = final_state(stack, pipeline_run)
+    assert state["type"] == "COMPLETED", f"{state}\n{worker[-6000:]}"
+
+    # Prefect: the pipeline's summary and table, with links into MLflow's model-training view
+    own = {a["key"]: a for a in artifacts(stack, flow_run_id=pipeline_run) if a["key"]}
+    assert {"pipeline-summary", "ablation-localization"} <= set(own), set(own)
+    summary = own["pipeline-summary"]["data"]
+    assert f"{stack['mlflow']}/#/experiments/" in summary and "workflowType=machine_learning" in summary
+    assert "test_accuracy mean" in json.dumps(own["ablation-localization"]["data"])
+    # the nested stage runs: progress artifacts of ingest and pretraining (finished), the ablation's artifacts
+    nested = {r["id"]: r for r in subflow_runs(stack, pipeline_run)}
+    by_flow = {}
+    for run_ in nested.values():
+        flow_name = requests.get(f"{stack['prefect']}/flows/{run_['flow_id']}", timeout=10).json()["name"]
+        by_flow.setdefault(flow_name, []).append(run_["id"])
+    assert {"ingest", "pretrain", "ablation"} <= set(by_flow), by_flow
+    for key in ("ingest-progress", "pretrain-progress"):
+        found = [a for a in artifacts(stack, key=key) if a["flow_run_id"] in nested]
+        assert found and found[-1]["type"] == "progress" and float(found[-1]["data"]) == 100.0, (key, found)
+    ablation_kinds = {a["type"] for a in artifacts(stack, flow_run_id=by_flow["ablation"][0])}
+    assert "table" in ablation_kinds and "progress" in ablation_kinds, ablation_kinds
+
+    # MLflow: the pipeline run, and the registered encoder version with its description and tags
+    api = f"{stack['mlflow']}/api/2.0/mlflow"
+    exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "ecgssl-pipeline"},
+                       timeout=10).json()["experiment"]
+    runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]],
+                         "filter": f"tags.`prefect.flow_run_id` = '{pipeline_run}'"}, timeout=10).json()["runs"]
+    assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
+    tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+    encoder = tags["ecgssl.encoder_path"]
+    assert Path(encoder).is_file() and encoder.startswith(str(demo))
+    versions = requests.get(f"{api}/model-versions/search", params={"filter": "name='ecgssl-encoder'"},
+                            timeout=10).json()["model_versions"]
+    mine = [v for v in versions if v["run_id"] == tags["ecgssl.pretrain_run_id"]]
+    assert mine and "Final metrics" in mine[0]["description"], versions
+    version_tags = {t["key"]: t["value"] for t in mine[0]["tags"]}
+    assert version_tags["ecgssl.store_hash"] == tags["ecgssl.store_hash"] and version_tags["ecgssl.pretext"]
+    assert version_tags["ecgssl.config_hash"] and any(k.startswith("ecgssl.metric.") for k in version_tags)
+
+    # an ablation whose cells all fail (no class keeps 10,000 records) ends Failed, naming the setting
+    params = {"task": "localization", "store": str(demo / "store.zarr"), "encoder": encoder, "fractions": [1.0],
+              "seeds": 1, "modes": ["full"], "inits": ["random"], "max_concurrent": 1,
+              "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing")}
+    failing_run = trigger(env, "ablation/ablation", params)
+    worker = work_once(stack, "cpu", "worker-failing-ablation")
+    state = final_state(stack, failing_run)
+    assert state["type"] == "FAILED", f"{state}\n{worker[-4000:]}"
+    assert "min_class_records" in (state.get("message") or ""), state

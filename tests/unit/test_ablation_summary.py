@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ecgmodel.downstream.ablation import best_cell, gains, labels_to_match, summarize
+from ecgmodel.downstream.ablation import best_cell, gains, summarize
 
 FRACTIONS = [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0]
 
@@ -41,29 +41,15 @@ def test_single_seed_has_no_interval():
     assert s["n"].eq(1).all() and s["ci_low"].isna().all() and s["std"].isna().all()
 
 
-def test_labels_to_match_and_gains():
-    random = {f: 0.2 + 0.4 * f for f in FRACTIONS}  # random reaches 0.6 at 100%
-    ssl = {f: 0.45 + 0.3 * f for f in FRACTIONS}  # 0.465, 0.48, 0.51, 0.57, 0.63, ...
+def test_gains_and_best_cell():
+    random = {f: 0.2 + 0.4 * f for f in FRACTIONS}
+    ssl = {f: 0.45 + 0.3 * f for f in FRACTIONS}
     s = summarize(cells(ssl, random), "score")
-    assert labels_to_match(s, "full") == 0.6  # first fraction with SSL mean >= 0.6
     g = gains(s, "full")
     assert list(g) == FRACTIONS
     for f in FRACTIONS:
         assert g[f] == pytest.approx(ssl[f] - random[f])
     assert best_cell(s) == {"mode": "full", "init": "ssl", "fraction": 1.0, "mean": pytest.approx(0.75)}
-
-
-def test_labels_to_match_is_nan_when_never_reached_or_no_reference():
-    random = {f: 0.5 for f in FRACTIONS}
-    ssl = {f: 0.49 for f in FRACTIONS}
-    assert math.isnan(labels_to_match(summarize(cells(ssl, random), "score"), "full"))
-    no_full = summarize(cells({0.5: 0.9}, {0.5: 0.1}), "score")
-    assert math.isnan(labels_to_match(no_full, "full"))
-    # equality counts as matching; modes are kept apart
-    both = pd.concat([cells({0.1: 0.5, 1.0: 0.5}, {1.0: 0.5}), cells({0.1: 0.0, 1.0: 0.0}, {1.0: 0.5}, mode="linear")])
-    s = summarize(both, "score")
-    assert labels_to_match(s, "full") == 0.1
-    assert math.isnan(labels_to_match(s, "linear"))
 
 
 def test_missing_values_and_columns():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -148,3 +150,160 @@ def test_bad_records_are_quarantined_and_stored_data_survives(tmp_path):
     h = content_hash(store)
     convert_sources(cfg, fetched)
     assert content_hash(store) == h
+
+
+# ------------------------------------------------------------------------------------------- one key, two files
+def test_two_recordings_with_one_name_are_not_both_stored(tmp_path):
+    """g1/E00001 and g2/E00001 (same file name, other folders): the second is quarantined, never mixed in."""
+    root = copy_source(tmp_path, C20)
+    g2 = root / "training/georgia/g2"
+    g2.mkdir()
+    shutil.copy(root / "training/georgia/g1/E00015.hea", g2 / "E00001.hea")
+    shutil.copy(root / "training/georgia/g1/E00015.mat", g2 / "E00001.mat")
+    edit_header(g2 / "E00001.hea", lambda ls: [ls[0].replace("E00015", "E00001"), *ls[1:]])
+    store = tmp_path / "store.zarr"
+    cfg = IngestConfig(sources=["challenge-2020"], store=str(store), workers=0, progress=False)
+    paths = ["training/georgia/g1/E00001", "training/georgia/g2/E00001"]
+    summary = convert_sources(cfg, [{"slug": "challenge-2020", "root": str(root), "records": paths, "failures": []}])
+    meta = open_store(store).meta()
+    assert set(meta.record_path) == {paths[0]}
+    assert not meta.duplicated(["source", "record", "window_start"]).any()
+    q = {x["record"]: x["reason"] for x in summary["quarantined"]}
+    assert "also used by training/georgia/g1/E00001" in q[paths[1]] and "duplicate record name" in q[paths[1]]
+    # a later run that lists only the second path does not skip it as "already stored" silently either
+    again = convert_sources(cfg, [{"slug": "challenge-2020", "root": str(root), "records": paths[1:], "failures": []}])
+    assert paths[1] in {x["record"] for x in again["quarantined"]} and open_store(store).n == len(meta)
+
+
+# ------------------------------------------------------------------------------------------- versions, settings
+def test_another_version_or_cap_of_a_stored_source_is_refused(tmp_path):
+    from ecgmodel.data.store import StoreError
+
+    store = tmp_path / "store.zarr"
+    cfg = IngestConfig(sources=["ludb"], store=str(store), workers=0, progress=False)
+    item = {"slug": "ludb", "root": str(DATA / "ludb/1.0.1"), "records": ["data/1"], "failures": []}
+    convert_sources(cfg, [item])
+    h = content_hash(store)
+    with pytest.raises(StoreError, match=r"ludb is stored at version 1.0.1; refusing to add version 9.9"):
+        convert_sources(cfg, [{**item, "records": ["data/2"], "version": "9.9"}])
+    capped = cfg.model_copy(update={"max_windows_per_record": 1})
+    with pytest.raises(StoreError, match=r"other harmonisation settings.*max_windows"):
+        convert_sources(capped, [{**item, "records": ["data/2"]}])
+    assert content_hash(store) == h
+    s = open_store(store)
+    assert s.attrs["sources"]["ludb"]["settings"]["max_windows"] == 6
+    m = s.meta()
+    assert m.record_path.tolist() == ["data/1"] and len(m.raw_sha256.iloc[0]) == 64
+
+
+# ------------------------------------------------------------------------------------------- sampling rate
+def test_header_rate_not_the_catalogs_is_quarantined_before_reading(tmp_path):
+    """A Georgia header that says 0.05 Hz would be upsampled 10,000x: refused against the catalog's 500 Hz."""
+    root = copy_source(tmp_path, C20)
+    rel = "training/georgia/g1/E00001"
+    edit_header(root / f"{rel}.hea", lambda ls: [" ".join([*(t := ls[0].split())[:2], "0.05", *t[3:]]), *ls[1:]])
+    res = convert_batch(str(root), get_source("challenge-2020"), [rel, A0001], 500, 10, 6)
+    assert res.records == ["A0001"]
+    assert res.failures == [{"record": "E00001", "reason": "challenge-2020/E00001: header declares 0.05 Hz, the "
+                             "catalog expects 500 Hz for this database (sampling rate check)"}]  # fmt: skip
+
+
+def test_implausible_rate_is_refused_by_harmonise_and_long_records_are_cropped():
+    from ecgmodel.data.signal import LEADS, crop_for_windows, harmonise
+
+    with pytest.raises(ValueError, match="0.05 Hz is outside the plausible ECG range"):
+        harmonise(np.zeros((12, 100), np.float32), list(LEADS), 0.05)
+    # a 2-hour record at 1000 Hz: only what 6 windows need is resampled
+    assert crop_for_windows(7_200_000, 1000, 500, 10, 6) < 62_000
+    assert crop_for_windows(7_200_000, 1000, 500, 10, None) == 7_200_000
+
+
+# ------------------------------------------------------------------------------------------- metadata rows
+def test_unparsable_patient_id_belongs_to_its_record(tmp_path):
+    root = copy_source(tmp_path, "ptb-xl/1.0.3")
+    csv = root / "ptbxl_database.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2].replace(",13243.0,", ",n/a,", 1)  # ecg_id 2
+    csv.write_text("\n".join(lines) + "\n")
+    res = convert_batch(str(root), get_source("ptb-xl"), [HR1, "records500/00000/00002_hr"], 500, 10, 6)
+    assert res.records == ["00001_hr"]
+    assert res.failures == [{"record": "00002_hr", "reason": "ptb-xl/00002_hr: patient_id 'n/a' is not an integer "
+                             "in ptbxl_database.csv (metadata row)"}]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- a worker dies
+class _DyingWorkers:
+    """A Dask client whose worker process dies on any batch holding ``poison`` (as distributed reports it)."""
+
+    def __init__(self, poison: str):
+        self.poison, self.calls = poison, 0
+
+    def submit(self, fn, *job, pure=False):
+        from distributed import KilledWorker
+
+        self.calls += 1
+        outer = self
+
+        class Future:
+            def result(self):
+                if any(p.endswith(outer.poison) for p in job[2]):
+                    worker = SimpleNamespace(address="tcp://127.0.0.1:40000")  # what distributed reports
+                    raise KilledWorker("convert_batch-123", worker, allowed_failures=0)
+                return fn(*job)
+
+            def release(self):
+                pass
+
+        return Future()
+
+
+def test_worker_killed_mid_batch_quarantines_only_the_record_that_kills_it(tmp_path):
+    store = tmp_path / "store.zarr"
+    cfg = IngestConfig(sources=["challenge-2020"], store=str(store), workers=1, progress=False, batch_records=4)
+    records = [A0001, "training/georgia/g1/E00001", "training/georgia/g1/E00015", "training/ptb/g1/S0001"]
+    item = {"slug": "challenge-2020", "root": str(DATA / C20), "records": records, "failures": []}
+    summary = convert_sources(cfg, [item], client=_DyingWorkers("E00015"))
+    assert summary["sources"] == {"challenge-2020": 3}
+    q = {x["record"]: x["reason"] for x in summary["quarantined"]}
+    assert set(q) == {"E00015"} and "worker failed twice" in q["E00015"] and "KilledWorker" in q["E00015"]
+    clean = tmp_path / "clean.zarr"
+    convert_sources(cfg.model_copy(update={"store": str(clean)}), [{**item, "records": [r for r in records
+                                                                                       if "E00015" not in r]}])
+    assert json.loads((store / "commit.json").read_text())["multiset"] == \
+        json.loads((clean / "commit.json").read_text())["multiset"]
+
+
+# ------------------------------------------------------------------------------------------- faults, then a re-run
+def test_reingest_after_hostile_server_faults_matches_an_undisturbed_run(tmp_path):
+    """A compressed answer, an endless body and a stalled transfer during the download: the affected records are
+    quarantined, the rest stored; once the server behaves, a re-run ends at the undisturbed store's hash."""
+    from helpers_http import serve_directory
+
+    mirror = tmp_path / "mirror"
+    copy_source(tmp_path, "ludb/1.0.1")
+    cfg = IngestConfig(sources=["ludb"], workers=0, progress=False, store=str(tmp_path / "clean.zarr"))
+    fast = {"progress": False, "backoff": 0.0, "retries": 1}
+
+    def ingest(url, raw, store, **kw):
+        r = download_source("ludb", url, tmp_path / raw, **fast, **kw)
+        item = {"slug": "ludb", "root": str(r.root), "records": r.records, "failures": r.failures}
+        return convert_sources(cfg.model_copy(update={"store": str(tmp_path / store)}), [item])
+
+    with serve_directory(mirror) as server:
+        clean = ingest(server.url, "raw-clean", "clean.zarr")
+    hostile = {"gzip": {"ludb/1.0.1/data/1.hea"}, "endless": {"ludb/1.0.1/data/2.dat"},
+               "trickle_once": {"ludb/1.0.1/ludb.csv": 0.05}}  # fmt: skip
+    with serve_directory(mirror, **hostile) as server:
+        hurt = ingest(server.url, "raw", "s.zarr", max_file_bytes=1 << 22, attempt_timeout=0.3)
+    assert {q["record"] for q in hurt["quarantined"]} >= {"1", "2"} and hurt["hash"] != clean["hash"]
+    with serve_directory(mirror) as server:
+        again = ingest(server.url, "raw", "s.zarr")
+    assert again["quarantined"] == [] and again["hash"] == clean["hash"]
+
+
+def test_unreadable_metadata_table_quarantines_its_records_without_stopping(tmp_path):
+    root = copy_source(tmp_path, "ludb/1.0.1")
+    (root / "ludb.csv").write_text("Rhythms,Sex\nSinus,F\n")  # no ID column
+    res = convert_batch(str(root), get_source("ludb"), ["data/1", "data/2"], 500, 10, 6)
+    assert res.records == [] and [f["record"] for f in res.failures] == ["1", "2"]
+    assert "metadata table unreadable (KeyError" in res.failures[0]["reason"]

@@ -16,6 +16,7 @@ import pytest
 from helpers_http import copy_mirror_subset, serve_directory, write_listing
 
 from ecgmodel.data.download import (
+    LOCK_NAME,
     MANIFEST_NAME,
     SourceUnavailableError,
     UnsafePathError,
@@ -23,6 +24,7 @@ from ecgmodel.data.download import (
     download_source,
     header_data_files,
     parse_checksums,
+    parse_retry_after,
 )
 from ecgmodel.data.sources import UnknownSourceError, get_source
 
@@ -67,6 +69,12 @@ def _all_files(folder: Path) -> set[str]:
         ("", "empty"),
         (MANIFEST_NAME, "reserved"),
         ("data/1.hea.part", "reserved"),
+        ("data/1\x85.hea", "U+0085"),  # C1 control (NEL)
+        ("data/1\x9b31m.hea", "U+009B"),  # C1 control sequence introducer
+        ("data/\u202egnp.hea", "U+202E"),  # right-to-left override: reads as 'aeh.png'
+        ("data/1\u2066.hea", "U+2066"),  # bidi isolate
+        ("data/1\u200b.hea", "U+200B"),  # zero-width space
+        ("data/1\u2028.hea", "U+2028"),  # line separator
     ],
 )
 def test_unsafe_names_are_refused_with_the_rule(entry, rule):
@@ -390,3 +398,104 @@ def test_fetch_task_does_not_retry_permanent_errors():
     assert retried(SourceUnavailableError("https://physionet.org/files/ludb/1.0.1/RECORDS", "HTTP 503"))
     assert not retried(UnsafePathError("RECORDS", "../x", "contains '..'"))
     assert not retried(UnknownSourceError("unknown source 'x'"))
+
+
+# ------------------------------------------------------------------------------------ hostile servers
+@pytest.mark.parametrize("value", ["\u00b2", "-1", "nan", "1e9999", "soon", "Wed, 99 Foo 2024 xx:yy:zz GMT"])
+def test_odd_retry_after_is_ignored_not_fatal(mirror: Path, tmp_path: Path, value: str):
+    assert parse_retry_after(value) is None
+    with serve_directory(mirror, fail_first=1, fail_status=503, fail_headers={"Retry-After": value}) as server:
+        result = download_source(LUDB, server.url, tmp_path / "raw", records=1, **FAST)
+    assert result.records == ["data/1"]
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import formatdate
+
+    now = time.time()
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("7") == 7.0
+
+
+def test_trickling_server_is_cut_off_by_the_attempt_deadline_and_resumed(mirror: Path, tmp_path: Path):
+    rel = f"{SUB}/data/1.dat"  # ~120 kB: at a byte per 20 ms it would take 40 minutes
+    with serve_directory(mirror, trickle_once={rel: 0.02}) as server:
+        start = time.monotonic()
+        result = download_source(LUDB, server.url, tmp_path / "raw", records=1, attempt_timeout=0.5, **FAST)
+        elapsed = time.monotonic() - start
+        ranges = [r[2] for r in server.requests if r[1] == rel]
+    assert result.records == ["data/1"] and elapsed < 10
+    assert ranges[0] is None and ranges[1] and ranges[1].startswith("bytes=")  # resumed where the stall left it
+    assert _sha(result.root / "data/1.dat") == _sums(mirror)["data/1.dat"]
+
+
+def test_endless_body_is_refused_at_the_size_cap_without_retries(mirror: Path, tmp_path: Path):
+    rel = f"{SUB}/data/2.dat"
+    with serve_directory(mirror, endless={rel}) as server:
+        result = download_source(LUDB, server.url, tmp_path / "raw", records=2, retries=3, max_file_bytes=1 << 20,
+                                 **FAST)  # fmt: skip
+        assert server.count(rel) == 1
+    assert result.records == ["data/1"]
+    assert "cap" in result.failures[0]["reason"] and result.failures[0]["record"] == "data/2"
+    assert not list((tmp_path / "raw").rglob("*.part"))
+
+
+def test_compressed_response_is_refused_and_identity_is_asked_for(mirror: Path, tmp_path: Path):
+    rel = f"{SUB}/data/1.hea"
+    with serve_directory(mirror, gzip={rel}) as server:
+        result = download_source(LUDB, server.url, tmp_path / "raw", records=1, retries=2, **FAST)
+        asked = [h.get("Accept-Encoding") for p, h in server.request_headers]
+    assert set(asked) == {"identity"}
+    assert result.records == [] and "'gzip'-encoded" in result.failures[0]["reason"]
+
+
+def test_redirect_is_followed_and_the_file_still_verified(mirror: Path, tmp_path: Path):
+    rel = f"{SUB}/data/1.hea"
+    (mirror / "moved").mkdir()
+    (mirror / "moved" / "1.hea").write_bytes((mirror / rel).read_bytes())
+    with serve_directory(mirror, redirect={rel: "moved/1.hea"}) as server:
+        result = download_source(LUDB, server.url, tmp_path / "raw", records=1, **FAST)
+        assert server.count("moved/1.hea") == 1
+    assert result.records == ["data/1"]
+    (mirror / "moved" / "1.hea").write_bytes(b"not the header")
+    with serve_directory(mirror, redirect={rel: "moved/1.hea"}) as server:
+        result = download_source(LUDB, server.url, tmp_path / "raw2", records=1, retries=0, **FAST)
+    assert result.records == [] and "sha256 mismatch" in result.failures[0]["reason"]
+
+
+# ------------------------------------------------------------------------------------ broken listings, locks
+def test_bom_in_the_checksum_listing_is_accepted(mirror: Path, tmp_path: Path):
+    sums = mirror / SUB / "SHA256SUMS.txt"
+    sums.write_bytes(b"\xef\xbb\xbf" + sums.read_bytes())
+    result = download_source(LUDB, mirror, tmp_path / "raw", records=1, **FAST)
+    assert result.records == ["data/1"]
+
+
+def test_records_that_is_a_folder_is_a_clear_error(mirror: Path, tmp_path: Path):
+    (mirror / SUB / "RECORDS").unlink()
+    (mirror / SUB / "RECORDS").mkdir()
+    with pytest.raises(SourceUnavailableError, match=r"RECORDS.*not a readable file"):
+        download_source(LUDB, mirror, tmp_path / "raw", **FAST)
+
+
+def test_held_download_lock_times_out_clearly(mirror: Path, tmp_path: Path):
+    from filelock import FileLock
+
+    root = tmp_path / "raw" / "ludb" / "1.0.1"
+    root.mkdir(parents=True)
+    with FileLock(str(root / LOCK_NAME)):
+        # filelock is re-entrant within a thread: hold it from another one
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(download_source, LUDB, mirror, tmp_path / "raw", lock_timeout=0.3, **FAST)
+            with pytest.raises(SourceUnavailableError, match=r"another download holds .* more than 0.3 s"):
+                future.result(timeout=30)
+
+
+def test_pinned_listing_refuses_a_tampered_mirror(mirror: Path, tmp_path: Path):
+    listing = (mirror / SUB / "SHA256SUMS.txt").read_bytes()
+    pinned = LUDB.model_copy(update={"checksums_sha256": hashlib.sha256(listing).hexdigest()})
+    assert download_source(pinned, mirror, tmp_path / "raw", records=1, **FAST).records == ["data/1"]
+    (mirror / SUB / "SHA256SUMS.txt").write_bytes(listing.replace(b" data/1.hea", b" data/1.hea", 1) + b"\n")
+    with pytest.raises(SourceUnavailableError, match="not the one pinned for ludb 1.0.1"):
+        download_source(pinned, mirror, tmp_path / "raw2", records=1, **FAST)

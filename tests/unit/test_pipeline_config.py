@@ -13,27 +13,37 @@ import pytest
 from pydantic import ValidationError
 
 from ecgmodel.config import config_hash
-from flows.pipeline import (
-    ALL_SOURCES,
-    SAMPLE_MIRROR,
-    PipelineConfig,
-    build_config,
-    load_config,
-    mlflow_run_link,
-    numeric_items,
-    render_summary,
-    table_records,
-)
+from ecgmodel.pipeline_config import ALL_SOURCES, SAMPLE_MIRROR, PipelineConfig, build_config, load_config
+from ecgmodel.report import mlflow_run_link, numeric_items, render_summary, table_records
 from tasks.pipeline import file_fingerprint, mirror_fingerprint, store_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ config
+def test_the_demo_preset_is_a_base_that_keys_override():
+    demo = PipelineConfig.demo()
+    assert demo.preset == "demo" and PipelineConfig.model_validate({"preset": "demo"}) == demo
+    small = PipelineConfig.model_validate({"preset": "demo", "ablation": {"seeds": 1}})
+    assert small.ablation.seeds == 1 and small.ablation.fractions == demo.ablation.fractions
+    assert small.ingest == demo.ingest and small.pretrain == demo.pretrain
+    assert PipelineConfig.model_validate(demo.model_dump()) == demo  # a dump round-trips
+    assert build_config(overrides=["preset=demo", "ablation.seeds=1"]) == small
+    with pytest.raises(ValidationError, match="preset"):
+        PipelineConfig.model_validate({"preset": "huge"})
+
+
+def test_a_config_file_can_name_the_preset(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("preset: demo\nablation:\n  seeds: 1\n")
+    cfg = load_config(path)
+    assert cfg.preset == "demo" and cfg.ingest.store == PipelineConfig.demo().ingest.store and cfg.ablation.seeds == 1
+
+
 def test_defaults_and_demo_preset():
     full, demo = PipelineConfig(), PipelineConfig.demo()
     assert full.ingest.sources == ALL_SOURCES and full.pretrain.preset == "base"
-    assert full.ablation.tasks == ["arrhythmia27", "localization"]
+    assert full.ablation.tasks == ["arrhythmia27", "localization", "ptbxl-superclass"]
     assert Path(demo.ingest.mirror) == SAMPLE_MIRROR and SAMPLE_MIRROR.is_dir()
     assert demo.pretrain.preset == "smoke" and demo.ingest.store.startswith(".demo/")
     assert config_hash(full) != config_hash(demo)
@@ -89,10 +99,11 @@ def test_numeric_items_flattens_nested_results():
     assert numeric_items(math.nan, "x") == {} and numeric_items(True, "x") == {}
 
 
-def test_run_links():
-    assert mlflow_run_link("http://h:5000/", "abc", "7") == "[abc](http://h:5000/#/experiments/7/runs/abc)"
+def test_run_links_open_the_model_training_view():
+    view = "?workflowType=machine_learning"
+    assert mlflow_run_link("http://h:5000/", "abc", "7") == f"[abc](http://h:5000/#/experiments/7/runs/abc{view})"
     local = mlflow_run_link("sqlite:///m.db", "abc", "7")
-    assert "http://127.0.0.1:5000/#/experiments/7/runs/abc" in local and "ecgssl ui" in local
+    assert f"http://127.0.0.1:5000/#/experiments/7/runs/abc{view}" in local and "ecgssl ui" in local
     assert mlflow_run_link("sqlite:///m.db", None) == "-"
 
 
@@ -106,7 +117,27 @@ def test_render_summary_has_headlines_links_and_a_noise_warning(tmp_path):
     assert "http://127.0.0.1:5000/#/experiments/3/runs/p1" in md and "`h1`" in md and "`fr`" in md
     assert "only 120 windows" in md and "noisy" in md
     big = render_summary(cfg, "sqlite:///x", {}, {}, {}, n_windows=50_000, flow_run_id=None)
-    assert "noisy" not in big
+    assert "noisy" not in big and "failed" not in big
+    failed = render_summary(cfg, "sqlite:///x", {}, {}, {}, n_windows=50, flow_run_id=None,
+                            failures=["ablation `localization`: 2 of 2 fine-tuning cells failed"])
+    head = failed.split("## ")[0]
+    assert "**The run failed:**" in head and "2 of 2 fine-tuning cells failed" in head
+
+
+def test_failure_lines_name_the_setting_that_decides_them(tmp_path):
+    from flows.pipeline import cell_failures, source_failures
+
+    cfg = PipelineConfig.demo()
+    (tmp_path / "cells.csv").write_text(
+        "mode,init,fraction,seed,error\nfull,ssl,1.0,0,\"ValueError('1 class(es) after merging rare ones')\"\n"
+        "full,random,1.0,0,\"ValueError('1 class(es) after merging rare ones')\"\n"
+    )
+    line = cell_failures("localization", {"n_failed": 2, "n_cells": 2, "summary_csv": str(tmp_path / "summary.csv")})
+    assert "2 of 2 fine-tuning cells failed" in line and "min_class_records" in line and "merging rare" in line
+    assert cell_failures("localization", {"n_failed": 0, "n_cells": 2}) is None
+    lines = source_failures({"failed_sources": {"ludb": "RECORDS: 404"}}, cfg)
+    assert len(lines) == 1 and "ludb" in lines[0] and "404" in lines[0] and "ingest.mirror" in lines[0]
+    assert source_failures({"failed_sources": {}}, cfg) == []
 
 
 def test_table_records_from_summary_csv(tmp_path):
@@ -116,6 +147,11 @@ def test_table_records_from_summary_csv(tmp_path):
     assert rows == [{"mode": "full", "init": "ssl", "fraction": 0.5, "mean": 0.31},
                     {"mode": "full", "init": "random", "fraction": 0.5, "mean": None}]
     assert table_records(str(tmp_path / "missing.csv")) == [] and table_records(None) == []
+    # floats to 4 significant digits, the statistics named after the metric
+    path.write_text("mode,init,fraction,n,mean,std\nfull,ssl,0.25,2,0.31234567890123456,0.012345678901234567\n")
+    (row,) = table_records(str(path), metric="test_accuracy")
+    assert row == {"mode": "full", "init": "ssl", "fraction": 0.25, "n": 2, "test_accuracy mean": 0.3123,
+                   "test_accuracy std": 0.01235}
 
 
 # ------------------------------------------------------------------------------------------ fingerprints
@@ -196,11 +232,27 @@ def _scored_codes():
 def test_ui_points_at_a_tracking_server_instead_of_starting_one(monkeypatch, capsys):
     import argparse
 
-    from flows.pipeline import _cmd_ui
+    from flows.ui import _cmd_ui
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
     assert _cmd_ui(argparse.Namespace(host="127.0.0.1", port=5000)) == 0
     assert "http://10.0.0.5:5000" in capsys.readouterr().out
+
+
+def test_ui_refuses_a_busy_port_with_a_nonzero_exit(monkeypatch, capsys, tmp_path):
+    import argparse
+    import socket
+
+    from flows.ui import _cmd_ui
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert _cmd_ui(argparse.Namespace(host="127.0.0.1", port=port)) == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} is already in use" in err and "--port" in err
 
 
 def test_cli_registers_pipeline_and_ui():

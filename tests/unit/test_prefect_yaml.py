@@ -29,7 +29,9 @@ def test_prefect_yaml_schema(project):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(project)
-    assert {d.name for d in model.deployments} == {"pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"}
+    assert {d.name for d in model.deployments} == {
+        "pipeline", "pipeline-demo", "ingest", "pretrain", "pretrain-ddp", "ablation"
+    }
     # Workers start flows in the checkout named by ECGSSL_HOME (resolved on the worker, at run time).
     assert project["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $ECGSSL_HOME }}"}}
@@ -40,16 +42,21 @@ def test_pools_and_schedules(deployments):
     from prefect.client.schemas.schedules import CronSchedule
 
     pools = {name: d["work_pool"]["name"] for name, d in deployments.items()}
-    assert pools == {"pipeline": "gpu", "ingest": "cpu", "pretrain": "gpu", "pretrain-ddp": "gpu", "ablation": "cpu"}
+    assert pools == {"pipeline": "gpu", "pipeline-demo": "cpu", "ingest": "cpu", "pretrain": "gpu",
+                     "pretrain-ddp": "gpu", "ablation": "cpu"}  # fmt: skip
     crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in deployments.items()}
-    assert crons["ablation"] == [] and crons["pretrain"] == []  # on demand
+    assert crons["ablation"] == crons["pretrain"] == crons["pipeline-demo"] == []  # on demand
+    # deploying starts nothing: the schedules (downloads of all of PhysioNet) ship paused
+    for name, dep in deployments.items():
+        for schedule in dep.get("schedules") or []:
+            assert schedule["active"] is False, f"{name}: schedule {schedule} is live on deploy"
     weekly, daily = crons["pipeline"][0], crons["ingest"][0]
     CronSchedule(cron=weekly, timezone="UTC")
     CronSchedule(cron=daily, timezone="UTC")
     assert weekly.split()[4] != "*" and daily.split()[2:] == ["*", "*", "*"]
 
 
-@pytest.mark.parametrize("name", ["pipeline", "ingest", "pretrain", "pretrain-ddp", "ablation"])
+@pytest.mark.parametrize("name", ["pipeline", "pipeline-demo", "ingest", "pretrain", "pretrain-ddp", "ablation"])
 def test_entrypoint_loads_and_parameters_validate(deployments, name):
     """What a worker does: import the file-path entrypoint from the repo root and validate the parameters."""
     from prefect.flows import load_flow_from_entrypoint
@@ -60,11 +67,28 @@ def test_entrypoint_loads_and_parameters_validate(deployments, name):
     assert not Path(path).is_absolute() and (REPO / path).is_file(), dep["entrypoint"]
     flow = load_flow_from_entrypoint(str(REPO / path) + ":" + func)
     # `prefect deployment run '<flow>/<deployment>'` needs the flow name the docs use
-    assert flow.name == name
+    assert flow.name == name.removesuffix("-demo")
     params = dep.get("parameters") or {}
     schema = parameter_schema(flow).model_dump()
     assert set(params) <= set(schema["properties"]), f"{name}: unknown parameters {set(params) - set(schema['properties'])}"
     flow.validate_parameters(params)  # raises ParameterTypeError on a bad value
+
+
+def test_demo_deployment_is_the_demo_preset(deployments):
+    """`pipeline/pipeline-demo` runs exactly what `ecgssl pipeline --demo` runs (bundled sample, CPU-sized)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from ecgmodel.pipeline_config import SAMPLE_MIRROR, PipelineConfig
+
+    dep = deployments["pipeline-demo"]
+    flow = load_flow_from_entrypoint(str(REPO / dep["entrypoint"]))
+    cfg = flow.validate_parameters(dep["parameters"])["config"]
+    assert cfg == PipelineConfig.demo()
+    assert Path(cfg.ingest.mirror) == SAMPLE_MIRROR and cfg.pretrain.preset == "smoke"
+    assert not Path(cfg.ingest.store).is_absolute()  # under the worker's checkout (ECGSSL_HOME)
+    # a partial config starts from the preset and overrides only what it names
+    small = flow.validate_parameters({"config": {"preset": "demo", "ablation": {"seeds": 1}}})["config"]
+    assert small.ablation.seeds == 1 and small.ingest.store == cfg.ingest.store
 
 
 def test_bad_parameters_are_rejected(deployments):
@@ -124,7 +148,7 @@ def test_compose_credentials_come_from_the_environment():
     secret = re.compile(r"(PASSWORD|SECRET|ACCESS_KEY)", re.I)
     for file, name, svc in _compose_services():
         for key, value in (svc.get("environment") or {}).items():
-            if secret.search(key):
+            if secret.search(key) and not key.endswith("_FILE"):  # *_FILE: a secret file's name, not a value
                 assert str(value).startswith("${"), f"{file}:{name}: {key} is hard-coded"
     example = (REPO / "infra" / ".env.example").read_text()
     for line in example.splitlines():

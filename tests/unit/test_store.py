@@ -16,6 +16,7 @@ import pytest
 
 from ecgmodel.data.store import (
     MANIFEST,
+    SCHEMA_VERSION,
     StoreError,
     StoreWriter,
     WindowBatch,
@@ -251,7 +252,7 @@ def test_inspect_command(tmp_path, capsys):
     assert out["windows"] == 1 + 2 + 3 + 1 and out["records"] == 4 and out["sources"] == {"src": 4}
     assert out["databases"] == {"db0": {"records": 2, "windows": 4}, "db1": {"records": 2, "windows": 3}}
     assert out["quarantined"] == [{"source": "src", "record": "R0009", "reason": "bad"}]
-    assert out["schema_version"] == 1 and out["fs"] == 500 and out["hash"] == content_hash(path)
+    assert out["schema_version"] == SCHEMA_VERSION and out["fs"] == 500 and out["hash"] == content_hash(path)
     assert "src/R0009: bad" in format_summary(out)
     assert _cmd_inspect(argparse.Namespace(store=str(tmp_path / "missing"), json=False)) == 2
     assert "not an ecgssl store" in capsys.readouterr().err

@@ -7,9 +7,16 @@ import pandas as pd
 import pytest
 
 from ecgmodel.data.labels import localization_label
+from ecgmodel.data.signal import QC_CLIP, QC_IMPLAUSIBLE
 from ecgmodel.data.site_labels import SiteLabelsConfig, ingest_site_labels
-from ecgmodel.data.store import open_store
-from ecgmodel.data.zheng import ZHENG_LEADS, ZhengConfig, ingest_zheng, read_patient_csv
+from ecgmodel.data.store import StoreError, open_store
+from ecgmodel.data.zheng import (
+    DEFAULT_UV_PER_COUNT,
+    ZHENG_LEADS,
+    ZhengConfig,
+    ingest_zheng,
+    read_patient_csv,
+)
 
 CANONICAL = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 FS_IN = 2000
@@ -69,7 +76,7 @@ def test_header_row_is_used_to_match_leads(tmp_path):
     path = root / "PVCVTRawECGData" / "7.csv"
     frame = pd.read_csv(path)
     frame[list(reversed(frame.columns))].to_csv(path, index=False)  # columns permuted, names kept
-    sig, names = read_patient_csv(path)
+    sig, names = read_patient_csv(path, uv_per_count=1.0)
     assert names == list(reversed(ZHENG_LEADS))
     assert np.ptp(sig[names.index("V6")]) / 2 == pytest.approx(1.2, rel=0.01)  # 1200 counts -> 1.2 mV
 
@@ -150,3 +157,100 @@ def test_zheng_store_gives_localization_targets_with_rare_sites_merged(tmp_path)
     assert data.train.signal.shape[1:] == (12, 5000) and data.train.n_records == 6
     side = prepare_task(cfg.model_copy(update={"localization_target": "va_side"}))
     assert side.classes == ["Left", "Right"]
+
+
+# ------------------------------------------------------------------------------ facts of the real release
+COUNTS_PER_MV = 16384  # published estimate (+-20 %) for the real files
+
+
+def release_like(root, n: int = 6, seed: int = 0):
+    """Generated files with the measured properties of the real release: ~16,384 counts/mV (QRS of ~1-2 mV,
+    one sample at 9.45 mV), lengths 2.9-59.3 s, blank and "NA" sub-sites, mostly PVC, a denoised folder that is
+    shifted against the raw one."""
+    rng = np.random.default_rng(seed)
+    data, denoised = root / "PVCVTRawECGData", root / "PVCVTECGDenoisedData"
+    data.mkdir(parents=True)
+    denoised.mkdir()
+    rows = []
+    lengths = np.linspace(2.9, 59.3, n)
+    for i in range(n):
+        t = np.arange(int(lengths[i] * FS_IN)) / FS_IN
+        beat = np.exp(-(((t % 0.8) - 0.4) ** 2) / (2 * 0.01**2))  # a QRS-like spike every 0.8 s
+        amp_mv = 2.0 + 0.8 * rng.random(12)  # the QRS of the tallest leads of a VA beat: 2-2.8 mV
+        counts = np.rint(COUNTS_PER_MV * amp_mv[:, None] * beat[None] + rng.normal(0, 30, (12, len(t))))
+        if i == 0:
+            bump = 9.45 * COUNTS_PER_MV * np.exp(-((t - t[len(t) // 2]) ** 2) / (2 * 0.008**2))
+            lead = ZHENG_LEADS.index("II")  # the largest peak of the release: 9.45 mV
+            counts[lead] = np.rint(np.maximum(counts[lead], bump))
+        pd.DataFrame(counts.T.astype(int), columns=list(ZHENG_LEADS)).to_csv(data / f"{i}.csv", index=False)
+        pd.DataFrame(np.roll(counts, 37, axis=1).T.astype(int)).to_csv(denoised / f"{i}.csv", index=False,
+                                                                      header=False)  # not sample-aligned
+        site = ["RVOT-septum", "LCC", None, "NA", " "][i % 5]  # blank cells, "NA", whitespace
+        if i == n - 1:
+            site = None
+        rows.append({"HospitalID": str(i), "Type": "VT" if i == 3 else "PVC", "LeftRight": "Right" if i % 2 else
+                     "Left", "Sublocation": site, "Gender": "MF"[i % 2]})  # fmt: skip
+    pd.DataFrame(rows).to_excel(root / "Diagnosis.xlsx", index=False, engine="openpyxl")
+    return root, lengths
+
+
+def test_release_like_files_keep_amplitudes_lengths_and_unknown_sites(tmp_path):
+    from ecgmodel.data.labels import localization_label
+
+    root, lengths = release_like(tmp_path / "zheng")
+    res = ingest_zheng(ZhengConfig(root=str(root), max_windows=None), tmp_path / "store")
+    assert res["written"] == len(lengths) and not res["quarantined"]
+    store = open_store(tmp_path / "store")
+    meta = store.meta()
+    # lengths 2.9-59.3 s: a short record is one padded window, the longest gives 5 full ones
+    per_record = meta.groupby("record").size()
+    assert per_record["0"] == 1 and meta.loc[meta.record == "0", "valid_length"].iloc[0] == round(2.9 * 500)
+    assert per_record[str(len(lengths) - 1)] == int(59.3 // 10)
+    # ~16,384 counts per mV: the QRS is ~2-3 mV and the 9.45 mV sample fits int16 microvolts: nothing saturates
+    assert not (meta.qc & QC_IMPLAUSIBLE).any()
+    x = store.load_signal()
+    ii = list(store.leads).index("II")
+    assert 1700 < np.median(x[:, ii].max(axis=1)) < 3000
+    assert 9000 < x.max() < 32767 and x.min() > -32768
+    # blank / NA sub-sites are unknown: no site key, no class of their own
+    sites = {r: localization_label(d, "va-origin", "va_site") for r, d in zip(meta.record, meta.dx, strict=True)}
+    assert {sites[str(i)] for i in range(len(lengths)) if i % 5 >= 2 or i == len(lengths) - 1} == {None}
+    assert {s for s in sites.values() if s} == {"RVOT-septum", "LCC"}
+    assert "site=" not in meta.loc[meta.record == "2", "dx"].iloc[0]
+    assert meta.loc[meta.record == "3", "dx"].iloc[0].endswith("type=VT")  # as the file says
+    info = store.attrs["sources"]["zheng-2020"]
+    assert info["uv_per_count_assumed"] == DEFAULT_UV_PER_COUNT and "16,384" in info["uv_per_count_provenance"]
+    assert (meta.raw_sha256.str.len() == 64).all() and meta.record_path.str.startswith("PVCVTRawECGData/").all()
+    # another scale for the same source would mix units in one store: refused
+    with pytest.raises(StoreError, match="uv_per_count"):
+        ingest_zheng(ZhengConfig(root=str(root), max_windows=None, uv_per_count=1.0), tmp_path / "store")
+
+
+def test_one_microvolt_per_count_would_saturate_every_qrs(tmp_path):
+    """Why the default changed: read as 1 uV per count, the real amplitudes clip int16 in every record."""
+    root, lengths = release_like(tmp_path / "zheng", n=4)
+    ingest_zheng(ZhengConfig(root=str(root), uv_per_count=1.0), tmp_path / "store")
+    meta = open_store(tmp_path / "store").meta()
+    assert (meta.qc & QC_CLIP).astype(bool).all() and (meta.qc & QC_IMPLAUSIBLE).astype(bool).all()
+    assert (np.abs(open_store(tmp_path / "store").load_signal()).max(axis=(1, 2)) >= 32767).all()
+
+
+def test_site_labels_two_files_with_one_name_are_not_both_stored(tmp_path):
+    import wfdb
+
+    root = tmp_path / "private"
+    fs = 500
+    t = np.arange(fs * 10) / fs
+    for folder, amp in (("a", 0.5), ("b", 1.0)):
+        (root / folder).mkdir(parents=True)
+        sig = np.stack([np.sin(2 * np.pi * t) * amp for _ in range(12)], axis=1)
+        wfdb.wrsamp("ecg", fs=fs, units=["mV"] * 12, sig_name=CANONICAL, p_signal=sig, fmt=["16"] * 12,
+                    write_dir=str(root / folder))
+    pd.DataFrame({"record": ["a/ecg", "b/ecg"], "site": ["LVOT", "RVOT"]}).to_csv(root / "labels.csv", index=False)
+    res = ingest_site_labels(SiteLabelsConfig(root=str(root)), tmp_path / "store")
+    assert res["written"] == 1
+    assert [q["record"] for q in res["quarantined"]] == ["b/ecg"]
+    assert "also used by a/ecg" in res["quarantined"][0]["reason"]
+    meta = open_store(tmp_path / "store").meta()
+    assert meta.record_path.tolist() == ["a/ecg"] and meta.dx.tolist() == ["site=LVOT"]
+    assert not meta.duplicated(["source", "record", "window_start"]).any()

@@ -1,0 +1,238 @@
+"""The typed settings of one pipeline run (``ecgssl pipeline``, the ``pipeline`` deployment).
+
+:class:`PipelineConfig` has one section per stage (ingest, pretrain, ablation), every key documented; the same
+model validates CLI files, ``--set`` pairs and Prefect parameters. :meth:`PipelineConfig.demo` is the small preset
+on the bundled real sample (minutes on 2 CPU cores); :func:`build_config` assembles a CLI invocation's settings
+(defaults or demo, then a YAML/JSON file, then ``--set`` pairs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ecgmodel.config import apply_overrides
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_MIRROR = REPO_ROOT / "sample" / "physionet"
+PHYSIONET_MIRROR = "https://physionet.org/files/"
+ALL_SOURCES = ["challenge-2020", "challenge-2021", "ptb-xl", "ludb"]
+DownstreamTask = Literal["arrhythmia27", "localization", "ptbxl-superclass"]
+
+
+class IngestSection(BaseModel):
+    """Parameters of ``flows.ingest.ingest_flow`` (download, convert, window, write the Zarr store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(
+        default_factory=lambda: list(ALL_SOURCES),
+        description="Catalog slugs to ingest (challenge-2020, challenge-2021, ptb-xl, ludb).",
+    )
+    mirror: str = Field(
+        PHYSIONET_MIRROR,
+        description="PhysioNet-shaped base holding <slug>/<version>/: https://physionet.org/files/, another "
+        "http(s) mirror, or a local folder (the demo uses the bundled sample/physionet).",
+    )
+    store: str = Field("data/store.zarr", description="Zarr v3 store to create or extend (see docs/store.md).")
+    raw_dir: str = Field("data/raw", description="Where downloaded, checksum-verified files are kept.")
+    fs: int = Field(500, gt=0, description="Sampling rate of the store, Hz; every record is resampled to it.")
+    window_s: float = Field(10.0, gt=0, description="Window length in seconds (5000 samples at 500 Hz).")
+    workers: int = Field(
+        2, ge=0, description="Local Dask worker processes (0: convert in-process; ignored with dask_address)."
+    )
+    max_windows_per_record: int | None = Field(
+        6, ge=1, description="Cap on windows cut from one long record (None: every window)."
+    )
+    dask_address: str | None = Field(
+        None, description="Address of a running Dask scheduler (tcp://host:8786); None starts a local cluster."
+    )
+
+
+class PretrainSection(BaseModel):
+    """Parameters of ``flows.pretrain.pretrain_flow`` (masked reconstruction + lead-order prediction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(
+        "base", description="Pretraining preset: `smoke` (CPU-sized, minutes) or `base` (GPU-sized, ~38M params)."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Dotted-key overrides of the preset, e.g. {"optim.lr": 0.0003}; validated by its config.',
+    )
+    resume: bool = Field(True, description="Continue from the newest checkpoint in `out` when there is one.")
+    out: str = Field(
+        "runs/pretrain",
+        description="Base folder for checkpoints and the exported encoder. The pipeline trains into "
+        "<out>/<store hash>-<config hash>: a new store or config starts fresh, an interrupted run resumes.",
+    )
+    launcher: Literal["inline", "torchrun"] = Field(
+        "inline",
+        description="inline: train in the flow's process (CPU or one GPU); torchrun: DDP over every GPU of the "
+        "host through infra/torchrun/pretrain.sh.",
+    )
+    nproc_per_node: int | None = Field(
+        None, ge=1, description="torchrun processes per host (None: one per visible GPU)."
+    )
+
+
+class AblationSection(BaseModel):
+    """Parameters of ``flows.ablation.ablation_flow``, run once per downstream task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[DownstreamTask] = Field(
+        default_factory=lambda: ["arrhythmia27", "localization", "ptbxl-superclass"],
+        description="Downstream tasks: arrhythmia (Challenge 2020 metric), origin localization, and the PTB-XL "
+        "diagnostic-superclass benchmark (macro AUROC).",
+    )
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
+        description="Fractions of the labelled training set (nested subsets), each in (0, 1].",
+    )
+    seeds: int = Field(5, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
+    margin: float = Field(
+        0.01, ge=0, description="Non-inferiority margin of labels_to_match, in units of the task's metric "
+        "(smallest fraction whose lower 95% CI bound of SSL(f) - random(100%) is >= -margin from there on).",
+    )
+    bootstrap_samples: int = Field(1000, ge=10, description="Paired-bootstrap replicates behind every CI.")
+    schedule_grid: list[dict[str, float]] | None = Field(
+        None, description="Per-init schedule grid (lr, encoder_lr_scale, warmup_fraction) chosen on validation; "
+        "None: the documented default (ecgmodel.downstream.config.DEFAULT_SCHEDULE_GRID); one point: no tuning.",
+    )
+    allow_pretrain_overlap: bool = Field(
+        False, description="Run even when the encoder was pretrained on a task's val/test recordings (reported)."
+    )
+    pretext_ablation: bool = Field(
+        False, description="Pretrain one encoder per pretext arm (mask only, shuffle only, joint; same budget) "
+        "and compare them downstream under one MLflow parent run per task.",
+    )
+    modes: list[str] = Field(
+        default_factory=lambda: ["linear", "full"],
+        description="How the encoder is trained downstream: 'linear' (frozen probe) and/or 'full' fine-tuning.",
+    )
+    inits: list[str] = Field(
+        default_factory=lambda: ["ssl", "random"],
+        description="Encoder initialisations compared: 'ssl' (pretrained) and 'random'.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted-key overrides of the fine-tuning config (epochs, lr, ...)."
+    )
+    max_concurrent: int = Field(2, ge=1, description="Fine-tuning runs trained at the same time.")
+    out_dir: str | None = Field(
+        None, description="Folder for the reports, one sub-folder per task (None: runs/ablation/<task>-<hash>)."
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not 0.0 < f <= 1.0]
+        if bad or not value:
+            raise ValueError(f"fractions must be a non-empty list of values in (0, 1]; got {value}")
+        return sorted(set(value))
+
+
+class PipelineConfig(BaseModel):
+    """Everything one pipeline run needs; the same model validates CLI files, --set and Prefect parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingest: IngestSection = Field(default_factory=IngestSection, description="Ingest stage.")
+    pretrain: PretrainSection = Field(default_factory=PretrainSection, description="Pretraining stage.")
+    ablation: AblationSection = Field(default_factory=AblationSection, description="Ablation stage.")
+    experiment: str = Field(
+        "ecgssl-pipeline", description="MLflow experiment of the pipeline's own summary run."
+    )
+    preset: Literal["default", "demo"] = Field(
+        "default",
+        description="Settings the other keys start from: `default` (all of PhysioNet, the GPU-sized `base` "
+        "pretraining) or `demo` (the bundled real sample, CPU-sized: minutes on 2 cores, as `ecgssl pipeline "
+        "--demo`). Keys given next to it override the preset's values, e.g. {\"preset\": \"demo\", "
+        "\"ablation\": {\"seeds\": 1}}.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "demo":
+            base = {name: section.model_dump() for name, section in cls._demo_sections().items()}
+            return _deep_merge(base, data)
+        return data
+
+    @classmethod
+    def demo(cls) -> PipelineConfig:
+        """Small settings for the bundled sample: finishes in minutes on 2 CPU cores, no server needed."""
+        return cls(preset="demo")
+
+    @staticmethod
+    def _demo_sections() -> dict[str, BaseModel]:
+        """The sections of the `demo` preset."""
+        return dict(
+            ingest=IngestSection(
+                mirror=str(SAMPLE_MIRROR),
+                store=".demo/store.zarr",
+                raw_dir=".demo/raw",
+                workers=2,
+                max_windows_per_record=3,
+            ),
+            # the CPU `smoke` preset as it is (200 steps, ~0.15 s per step on 2 idle cores: under a minute)
+            pretrain=PretrainSection(
+                preset="smoke", out=".demo/pretrain", overrides={"run.ckpt_every": 50},
+            ),
+            # 3 fractions x 2 inits x 2 seeds per task: two seeds give the plot an interval (still noisy: the
+            # sample has a few dozen records, and the output says so)
+            ablation=AblationSection(
+                tasks=["arrhythmia27", "localization"],
+                fractions=[0.25, 0.5, 1.0], seeds=2, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
+                # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
+                overrides={"optim.epochs": 5, "min_class_records": 3},
+                bootstrap_samples=200, margin=0.02,
+                schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1, "warmup_fraction": 0.0},
+                               {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}],
+            ),
+        )
+
+
+def load_config(path: str | Path, base: PipelineConfig | None = None) -> PipelineConfig:
+    """Read a YAML/JSON config file; keys it leaves out keep the values of ``base`` (default settings)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a pipeline config must be a mapping, got {type(data).__name__}")
+    if "preset" in data:  # the file's preset is where its other keys start from
+        base = PipelineConfig.model_validate({"preset": data["preset"]})
+    merged = _deep_merge((base or PipelineConfig()).model_dump(), data)
+    return PipelineConfig.model_validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(demo: bool = False, config_file: str | None = None, overrides: list[str] | None = None):
+    """The config of a CLI invocation: defaults or the demo preset, then a file, then ``--set`` pairs
+    (``--set preset=demo`` is the same as ``demo=True``)."""
+    overrides = list(overrides or [])
+    presets = [o.split("=", 1)[1].strip().strip("\"") for o in overrides if o.replace(" ", "").startswith("preset=")]
+    overrides = [o for o in overrides if not o.replace(" ", "").startswith("preset=")]
+    preset = presets[-1] if presets else "demo" if demo else "default"
+    cfg = PipelineConfig.model_validate({"preset": preset})
+    if config_file:
+        cfg = load_config(config_file, base=cfg)
+    return apply_overrides(cfg, overrides or [])

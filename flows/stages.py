@@ -1,0 +1,64 @@
+"""The pipeline's stages as cached Prefect tasks: ingest -> pretrain -> ablation.
+
+Each stage wraps the flow that owns the work (``flows.ingest`` / ``flows.pretrain`` / ``flows.ablation``; they
+run as nested flow runs under the stage's task run) and adds stage-level caching, so a re-run of the pipeline
+after a crash or a schedule tick continues instead of redoing finished stages. The cache keys carry the state
+of what the previous stage produced (see ``tasks/pipeline.py`` for the fingerprints and why).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from tasks.pipeline import STAGE_CACHE, STAGE_CACHE_EXPIRATION
+
+
+@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
+    """Download + convert into the store (``flows.ingest.ingest_flow``). Key: config + mirror listings."""
+    from flows.ingest import ingest_flow
+
+    return dict(ingest_flow(**ingest))
+
+
+@task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def pretrain_stage(pretrain: dict[str, Any], store: str, store_hash: str, rebuild: bool = False) -> dict[str, Any]:
+    """Self-supervised pretraining (``flows.pretrain.pretrain_flow``). Key: config + store content hash.
+
+    The training loop resumes from its own checkpoint, so a stage interrupted mid-way continues when re-run.
+    ``rebuild`` (not part of the cache key, so the new result replaces the stale cache entry) trains from
+    scratch: used when a finished run's encoder file has disappeared.
+    """
+    pretrain = dict(pretrain)
+    if rebuild:
+        pretrain["resume"] = False
+    launcher = pretrain.pop("launcher", "inline")
+    nproc = pretrain.pop("nproc_per_node", None)
+    if launcher == "torchrun":
+        from flows.pretrain import pretrain_ddp_flow
+
+        return dict(pretrain_ddp_flow(store=store, nproc_per_node=nproc, **pretrain))
+    from flows.pretrain import pretrain_flow
+
+    return dict(pretrain_flow(store=store, **pretrain))
+
+
+@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def ablation_stage(
+    task_name: str,
+    ablation: dict[str, Any],
+    store: str,
+    store_hash: str,
+    encoder: str | None,
+    encoder_hash: str | None,
+    tracking_uri: str,
+) -> dict[str, Any]:
+    """Label-fraction ablation of one downstream task (``flows.ablation.ablation_flow``).
+
+    Key: config + store content hash + encoder sha256 + tracking URI (the results live there).
+    """
+    from flows.ablation import ablation_flow
+
+    return dict(ablation_flow(task=task_name, store=store, encoder=encoder, **ablation))

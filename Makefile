@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install demo test test-fast lint bench ui clean clean-data
+.PHONY: install demo test test-fast lint bench ui clean clean-all
 
 # (Re)create the venv when it is missing or older than the dependency files. Plain pip (not uv): pip's
 # configuration picks the right torch build; the constraints file pins torch.
@@ -44,10 +44,15 @@ lint: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/ecgssl ui
 
-# What the demo, the tests and local runs wrote (the environment, results, MLflow stores, checkpoints). Downloads
-# and the Zarr store in data/ are kept: they take hours to rebuild; `make clean-data` removes them.
-clean:
-	rm -rf $(VENV) .demo .prefect mlflow.db mlflow-server.db mlruns mlartifacts runs
+# `make clean`: the environment and what the demo and local runs wrote (.demo/, ./mlflow.db, Prefect's local
+# state). It says what it keeps: downloads and the store (data/), checkpoints (runs/) and the MLflow server's
+# runs and artifacts take hours to rebuild; `make clean-all` removes them too.
+KEPT := data runs mlartifacts mlflow-server.db
 
-clean-data:
-	rm -rf data
+clean:
+	rm -rf $(VENV) .demo .prefect mlflow.db mlruns
+	@kept="$$(for p in $(KEPT); do [ -e "$$p" ] && printf ' %s' "$$p"; done)"; \
+	if [ -n "$$kept" ]; then echo "kept:$$kept (downloads, checkpoints, MLflow server data): make clean-all removes them"; fi
+
+clean-all: clean
+	rm -rf $(KEPT)

@@ -46,7 +46,7 @@ from tasks.pipeline import (
 )
 
 CELL_FAILURE_HINT = (
-    "cells fail most often when the labelled records are too few for the split: a localization class with fewer "
+    "Cells fail most often when the labelled records are too few for the split: a localization class with fewer "
     "than `min_class_records` records is merged into 'other', and fewer than 2 classes leave nothing to learn. "
     "Lower `min_class_records` in the ablation overrides (CLI: --set "
     "'ablation.overrides={\"min_class_records\": 3}'; deployment: config.ablation.overrides) or ingest more records; "

@@ -27,11 +27,14 @@ def small_config(tmp: Path) -> PipelineConfig:
 
 
 def _artifacts(key: str) -> list:
+    """Every version of the artifact ``key``, newest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                     sort=ArtifactSort.CREATED_DESC)
 
 
 def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
@@ -63,14 +66,14 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
 
     # Prefect: markdown summary with the links, and the ablation table
     summary = _artifacts("pipeline-summary")
-    assert summary and abl["parent_run_id"] in summary[-1].data and "noisy" in summary[-1].data
+    assert summary and abl["parent_run_id"] in summary[0].data and "noisy" in summary[0].data
     table = _artifacts("ablation-localization")
-    assert table and "fraction" in str(table[-1].data) and "test_accuracy mean" in str(table[-1].data)
-    assert "test_accuracy" in table[-1].description
+    assert table and "fraction" in str(table[0].data) and "test_accuracy mean" in str(table[0].data)
+    assert "test_accuracy" in table[0].description
     # progress artifacts of the long stages, finished
     for key in ("pretrain-progress", "ingest-progress"):
         progress = _artifacts(key)
-        assert progress and progress[-1].type == "progress" and float(progress[-1].data) == 100.0, key
+        assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0, key
 
     # 2nd run: nothing changed -> every stage cached (same MLflow runs, no new pretraining run)
     n_pretrain_runs = len(client.search_runs([client.get_experiment_by_name("ecgssl-pretrain").experiment_id]))
@@ -103,7 +106,7 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     state = pipeline_flow(failing, return_state=True)
     assert state.is_failed(), state
     assert "localization" in state.message and "min_class_records" in state.message
-    failed_summary = max(_artifacts("pipeline-summary"), key=lambda a: a.created).data  # the newest
+    failed_summary = _artifacts("pipeline-summary")[0].data
     assert "The run failed" in failed_summary and "min_class_records" in failed_summary
 
 

@@ -141,6 +141,8 @@ def stack(tmp_path_factory):
             svc.stop()
 
 
+# one fine-tuning schedule: no per-init schedule tuning runs (each cell is then exactly one MLflow child run)
+ONE_SCHEDULE = {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}
 DEPLOYMENTS = {"pipeline", "pipeline-demo", "ingest", "pretrain", "pretrain-ddp", "ablation"}
 
 
@@ -243,6 +245,7 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack, deployed):
         "task": "localization", "store": stack["store"], "encoder": stack["encoder"], "fractions": [1.0],
         "seeds": 1, "modes": ["full"], "inits": ["random", "ssl"], "max_concurrent": 1,
         "overrides": {"optim.epochs": 1, "min_class_records": 2}, "out_dir": str(tmp / "ablation"),
+        "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50,
     }
     flow_run_id = trigger(env, "ablation/ablation", params)
 
@@ -347,8 +350,6 @@ def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, dep
     for key in ("ingest-progress", "pretrain-progress"):
         found = [a for a in artifacts(stack, key=key) if a["flow_run_id"] in nested]
         assert found and found[-1]["type"] == "progress" and float(found[-1]["data"]) == 100.0, (key, found)
-    ablation_kinds = {a["type"] for a in artifacts(stack, flow_run_id=by_flow["ablation"][0])}
-    assert "table" in ablation_kinds and "progress" in ablation_kinds, ablation_kinds
 
     # MLflow: the pipeline run, and the registered encoder version with its description and tags
     api = f"{stack['mlflow']}/api/2.0/mlflow"
@@ -368,10 +369,15 @@ def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, dep
     assert version_tags["ecgssl.store_hash"] == tags["ecgssl.store_hash"] and version_tags["ecgssl.pretext"]
     assert version_tags["ecgssl.config_hash"] and any(k.startswith("ecgssl.metric.") for k in version_tags)
 
+    # the ablation run nested in the pipeline has its own artifacts: its results table, its cells' progress
+    ablation_kinds = {a["type"] for a in artifacts(stack, flow_run_id=by_flow["ablation"][0])}
+    assert "table" in ablation_kinds and "progress" in ablation_kinds, ablation_kinds
+
     # an ablation whose cells all fail (no class keeps 10,000 records) ends Failed, naming the setting
     params = {"task": "localization", "store": str(demo / "store.zarr"), "encoder": encoder, "fractions": [1.0],
               "seeds": 1, "modes": ["full"], "inits": ["random"], "max_concurrent": 1,
-              "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing")}
+              "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing"),
+              "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50}
     failing_run = trigger(env, "ablation/ablation", params)
     worker = work_once(stack, "cpu", "worker-failing-ablation")
     state = final_state(stack, failing_run)

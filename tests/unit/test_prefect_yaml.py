@@ -95,10 +95,12 @@ def test_bad_parameters_are_rejected(deployments):
     from prefect.exceptions import ParameterTypeError
     from prefect.flows import load_flow_from_entrypoint
 
+    from ecgmodel.pipeline_config import PipelineConfig
+
     flow = load_flow_from_entrypoint(str(REPO / "flows/pipeline.py") + ":pipeline_flow")
     # a partial config (as `--param 'config={"ablation": {"seeds": 5}}'` sends it) fills in the defaults
     cfg = flow.validate_parameters({"config": {"ablation": {"seeds": 5}}})["config"]
-    assert cfg.ablation.seeds == 5 and cfg.ablation.tasks == ["arrhythmia27", "localization"]
+    assert cfg.ablation.seeds == 5 and cfg.ablation.tasks == PipelineConfig().ablation.tasks
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"config": {"ablation": {"fractions": [0.0, 2.0]}}})
     with pytest.raises(ParameterTypeError):

@@ -52,7 +52,7 @@ def _link_subset(src: Path, dst: Path, records: list[str], extra: list[str]) -> 
             sha, name = line.split(maxsplit=1)
             sums[name.lstrip("*")] = sha
     keep = set(records)
-    names = [n for n in sums if n.rsplit(".", 1)[0] in keep or n in extra]
+    names = [n for n in sums if n.rsplit(".", 1)[0] in keep or n in extra]  # a record's files, plus extras
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         target = dst / name
@@ -85,9 +85,7 @@ def split_mirror(mirror: Path, out: Path, holdout_folds: list[int]) -> dict:
         for ver in sorted(p for p in slug_dir.iterdir() if p.is_dir()):
             recs = [r for r in (ver / "RECORDS").read_text().split() if "/ptb-xl/" not in r]
             sums = [ln.split(maxsplit=1)[1] for ln in (ver / "SHA256SUMS.txt").read_text().splitlines() if ln.strip()]
-            rec_set = {r for r in recs}
-            extra = [n for n in sums if n != "RECORDS" and "/" not in n or
-                     (n.rsplit(".", 1)[0] not in rec_set and not n.startswith("training/") and n != "RECORDS")]
+            extra = [n for n in sums if "/" not in n and n != "RECORDS"]  # licence, metadata tables
             counts["pretrain"][slug_dir.name] = _link_subset(ver, out / "pretrain" / slug_dir.name / ver.name,
                                                              recs, extra)
     return counts
@@ -99,7 +97,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 # ---- probe --------------------------------------------------------------------------------------------------
-C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def superclass_table(files: list[str]) -> tuple[pd.DataFrame, np.ndarray]:

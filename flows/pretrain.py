@@ -1,6 +1,6 @@
 """Pretraining flow (``ecgssl pretrain``): self-supervised pretraining of the ECG encoder on a store.
 
-``ecgssl pretrain --store PATH [--preset smoke|base] [--set key=value ...] [--out DIR] [--no-resume]``
+``ecgssl pretrain --store PATH [--preset smoke|cpu|base] [--set key=value ...] [--out DIR] [--no-resume]``
 
 Keys for ``--set`` are those of :class:`ecgmodel.train.config.PretrainConfig` (e.g. ``optim.max_steps=500``,
 ``data.loader=stream``, ``ssl.mode=mask``). The run resumes from ``DIR/ckpt_last.pt`` when it exists. For

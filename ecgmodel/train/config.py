@@ -147,7 +147,7 @@ PRESETS: dict[str, dict] = {
                     "attention": "divided"},
         "ssl": {"mask_mode": "mixed", "mask_time_share": 0.5},
         "data": {"batch_size": 32},
-        "optim": {"max_steps": 2000, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 50},
+        "optim": {"max_steps": 800, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 40},
         "run": {"log_every": 25, "ckpt_every": 100},
     },
     # GPU-sized: ~50M params, 5 s crops, 1200 tokens (patch 25), bf16. Divided attention (time within a lead,

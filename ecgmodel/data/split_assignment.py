@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from ecgmodel.data.splits import recording_keys, stratified_pick
+from ecgmodel.data.splits import draw_val_test, recording_keys
 
 #: Format version of the assignment file; a change in the rules bumps it (old files are then ignored).
 ASSIGNMENT_VERSION = 1
@@ -207,21 +207,8 @@ def assign(records: pd.DataFrame, cfg: SplitConfig, ptbxl: pd.DataFrame | None =
     if len(free):
         gy = np.zeros((len(uniq), y.shape[1] + 1), dtype=bool)
         np.logical_or.at(gy[:, :-1], inverse, y)
-        rng = np.random.default_rng(cfg.seed)
-        n_free = len(free)
-        n_test = max(1, int(round(cfg.test_fraction * n_free)))
-        n_val = max(1, int(round(cfg.val_fraction * n_free)))
-        if n_test + n_val >= n_free:
-            raise ValueError(
-                f"only {n_free} patient groups without folds: too few for val {cfg.val_fraction} / test "
-                f"{cfg.test_fraction} (rule: at least one group each and one left for training)"
-            )
-        test_idx = stratified_pick(gy[free], n_test, rng)
-        group_split[free[test_idx]] = "test"
-        rest = np.setdiff1d(np.arange(n_free), test_idx)
-        val_idx = stratified_pick(gy[free[rest]], n_val, rng)
-        group_split[free[rest[val_idx]]] = "val"
-        group_split[free[np.setdiff1d(rest, rest[val_idx])]] = "train"
+        group_split[free] = draw_val_test(gy[free], cfg.val_fraction, cfg.test_fraction,
+                                          np.random.default_rng(cfg.seed))
     table = linked[["source", "record"]].copy()
     table["database"] = linked["database"] if "database" in linked else linked["source"]
     table["recording_key"] = recording_keys(linked).to_numpy()

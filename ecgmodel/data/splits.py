@@ -57,6 +57,28 @@ def stratified_pick(y: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.
     return np.sort(picked)
 
 
+def draw_val_test(
+    group_labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``"train"``/``"val"``/``"test"`` for each patient group without a fixed fold: stratified on the groups'
+    labels, test drawn first, then val from the rest; at least one group each when its fraction is positive."""
+    n_free = len(group_labels)
+    n_test = max(int(round(test_fraction * n_free)), 1 if test_fraction > 0 else 0)
+    n_val = max(int(round(val_fraction * n_free)), 1 if val_fraction > 0 else 0)
+    if n_test + n_val >= n_free:
+        raise ValueError(
+            f"only {n_free} patient groups without folds: too few for val {val_fraction} / test {test_fraction} "
+            "(rule: at least one group each and one left for training)"
+        )
+    out = np.full(n_free, "train", dtype=object)
+    test_idx = stratified_pick(group_labels, n_test, rng)
+    out[test_idx] = "test"
+    rest = np.setdiff1d(np.arange(n_free), test_idx)
+    val_idx = stratified_pick(group_labels[rest], n_val, rng)
+    out[rest[val_idx]] = "val"
+    return out
+
+
 def recording_keys(records: pd.DataFrame) -> pd.Series:
     """Identity of the underlying recording, the same across sources that repackage one database.
 
@@ -122,21 +144,7 @@ def assign_splits(
     if len(free):
         gy = np.zeros((len(uniq), y.shape[1]), dtype=bool)
         np.logical_or.at(gy, inverse, y)
-        rng = np.random.default_rng(seed)
-        n_free = len(free)
-        n_test = int(round(test_fraction * n_free))
-        n_val = int(round(val_fraction * n_free))
-        n_test, n_val = max(n_test, 1 if test_fraction > 0 else 0), max(n_val, 1 if val_fraction > 0 else 0)
-        if n_test + n_val >= n_free:
-            raise ValueError(
-                f"only {n_free} patient groups without folds: too few for val {val_fraction} / test {test_fraction}"
-            )
-        test_idx = stratified_pick(gy[free], n_test, rng)
-        group_split[free[test_idx]] = "test"
-        remaining = np.setdiff1d(np.arange(n_free), test_idx)
-        val_idx = stratified_pick(gy[free[remaining]], n_val, rng)
-        group_split[free[remaining[val_idx]]] = "val"
-        group_split[free[np.setdiff1d(remaining, remaining[val_idx])]] = "train"
+        group_split[free] = draw_val_test(gy[free], val_fraction, test_fraction, np.random.default_rng(seed))
     out[:] = group_split[inverse]
     unassigned = out == ""
     if unassigned.any():  # a fold outside train/val/test folds: keep it out of every split

@@ -16,6 +16,16 @@ COLORS = {"ssl": "tab:blue", "random": "tab:gray"}
 STYLES = {"full": "-", "linear": "--"}
 
 
+def _fraction_axis(ax, fractions) -> None:
+    """Log-scaled x axis with one tick per label fraction of the ablation."""
+    ticks = sorted(set(fractions))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{f:g}" for f in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("fraction of labelled training records (log scale)")
+
+
 def plot_label_efficiency(
     summary: pd.DataFrame,
     metric: str,
@@ -42,12 +52,7 @@ def plot_label_efficiency(
             gx.plot(x[~sig], y[~sig], "o", mfc="white", color=color)
             gx.plot(x[sig], y[sig], "o", color=color)
         gx.axhline(0.0, color="black", lw=0.8)
-        gx.set_xscale("log")
-        fr = sorted(evidence["fraction"].unique())
-        gx.set_xticks(fr)
-        gx.set_xticklabels([f"{f:g}" for f in fr])
-        gx.minorticks_off()
-        gx.set_xlabel("fraction of labelled training records (log scale)")
+        _fraction_axis(gx, evidence["fraction"])
         gx.set_ylabel(f"gain in {metric} (paired bootstrap 95% CI)")
         gx.set_title("SSL - random (hollow: not significant)")
         gx.grid(alpha=0.3)
@@ -69,12 +74,7 @@ def plot_label_efficiency(
         if match is not None and np.isfinite(match):
             ax.plot([match], [ref], marker="*", ms=14, color="tab:red", ls="none",
                     label=f"labels to match ({mode}): {match:g}")  # fmt: skip
-    ax.set_xscale("log")
-    fractions = sorted(summary["fraction"].unique())
-    ax.set_xticks(fractions)
-    ax.set_xticklabels([f"{f:g}" for f in fractions])
-    ax.minorticks_off()
-    ax.set_xlabel("fraction of labelled training records (log scale)")
+    _fraction_axis(ax, summary["fraction"])
     ax.set_ylabel(f"{metric} (mean, 95% CI over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -39,6 +39,19 @@ def span_counts(ratio: torch.Tensor, n_patches: int, span: int, ratio_range: tup
     return torch.round(ratio * n_patches / span).long().clamp(k_lo, k_hi)
 
 
+def _draw_ratios(
+    batch: int, n_patches: int, ratio_range: tuple[float, float], span: int,
+    generator: torch.Generator | None, device: torch.device | str | None,
+) -> tuple[torch.Tensor, int, torch.device]:
+    """Checked range, then one masked fraction per sample (B, 1); also the clamped span and the device."""
+    lo, hi = ratio_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"mask ratio range must satisfy 0 <= min <= max <= 1, got {ratio_range}")
+    span = max(1, min(span, n_patches))
+    device = torch.device(device) if device is not None else (generator.device if generator else "cpu")
+    return lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=device), span, device
+
+
 def random_span_mask(
     batch: int,
     n_leads: int,
@@ -55,12 +68,7 @@ def random_span_mask(
     ``k`` non-overlapping runs of ``span`` patches (runs may touch and merge), ``k = round(ratio * P / span)``,
     cyclically shifted by a random offset so that every position is equally likely to be masked.
     """
-    lo, hi = ratio_range
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"mask ratio range must satisfy 0 <= min <= max <= 1, got {ratio_range}")
-    span = max(1, min(span, n_patches))
-    device = torch.device(device) if device is not None else (generator.device if generator else "cpu")
-    ratio = lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=device)
+    ratio, span, device = _draw_ratios(batch, n_patches, ratio_range, span, generator, device)
     k = span_counts(ratio, n_patches, span, ratio_range).expand(batch, n_leads).reshape(-1, 1)  # (R, 1)
     return _span_rows(k, n_patches, span, generator, device).view(batch, n_leads, n_patches)
 
@@ -118,12 +126,7 @@ def span_mask(
         raise ValueError(f"unknown mask mode {mode!r} (use 'lead', 'time' or 'mixed')")
     if not 0.0 <= time_share <= 1.0:
         raise ValueError(f"mask time_share must be within [0, 1], got {time_share}")
-    lo, hi = ratio_range
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"mask ratio range must satisfy 0 <= min <= max <= 1, got {ratio_range}")
-    span = max(1, min(span, n_patches))
-    device = torch.device(device) if device is not None else (generator.device if generator else "cpu")
-    ratio = lo + (hi - lo) * torch.rand(batch, 1, generator=generator, device=device)
+    ratio, span, device = _draw_ratios(batch, n_patches, ratio_range, span, generator, device)
     n_max = n_patches // span
     k_total = span_counts(ratio, n_patches, span, ratio_range)  # (B, 1)
     k_time = torch.round(k_total.float() * time_share).long()

@@ -122,6 +122,13 @@ class FinetuneConfig(BaseModel):
     min_val_records: int = Field(
         5, ge=1, description="nested validation: at least this many validation records at any fraction."
     )
+    linear_features: Literal["cached", "online"] = Field(
+        "cached",
+        description="linear mode: cached = the frozen encoder embeds the crops tiling every stored window once "
+        "(the crops evaluation uses) and the head trains on those embeddings, an epoch being one pass over the "
+        "training crops (the usual frozen-feature probe; many times faster); online = random crops embedded at "
+        "every step, as in full fine-tuning (random-crop augmentation, the encoder's cost at every step).",
+    )
     eval_aggregate: Literal["mean", "max"] = Field(
         "mean",
         description="How a record's prediction aggregates the crops that tile all its windows (whole-record "

@@ -7,7 +7,9 @@
 2. encoder: random (architecture of ``arch_from`` or ``cfg.encoder``) or pretrained (``load_encoder(cfg.init)``),
    plus a linear head (:class:`~ecgmodel.downstream.model.DownstreamModel`), full fine-tune or linear probe;
 3. AdamW + warm-up/cosine schedule; random crops of ``input_samples`` from each stored window; class-weighted
-   BCE (arrhythmia27) or cross-entropy (localization);
+   BCE (multi-label tasks) or cross-entropy (localization). The linear probe (``mode="linear"``) by default embeds
+   the crops tiling every window once with the frozen encoder and trains the head on those cached embeddings
+   (``linear_features``);
 4. after every epoch the validation records are scored (arrhythmia27: Challenge score at thresholds tuned on val);
    the best epoch's weights are kept; the test split is scored once, with the best weights and the val thresholds;
 5. artifacts into ``out_dir`` (label definitions, splits and subset ids, thresholds, per-class table or confusion
@@ -36,8 +38,11 @@ from ecgmodel.data.transforms import to_model_input
 from ecgmodel.downstream.config import FinetuneConfig
 from ecgmodel.downstream.dataset import TaskData, prepare_task
 from ecgmodel.downstream.evaluate import (
+    CropFeatures,
     arrhythmia_metrics,
+    embed_crops,
     localization_metrics,
+    predict_from_features,
     predict_records,
     superclass_metrics,
 )
@@ -85,16 +90,21 @@ def _loss_fn(data: TaskData, cfg: FinetuneConfig, device: torch.device):
     return lambda logits, target: F.cross_entropy(logits, target.long(), weight=w)
 
 
-def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, thresholds=None, tune=False, passes=None):
-    """(metrics, table, probs, thresholds) of one split; ``tune`` fits the thresholds on this split first."""
+def _evaluate(model, data: TaskData, split: str, enc_cfg, cfg, device, thresholds=None, tune=False, passes=None,
+              features: CropFeatures | None = None):
+    """(metrics, table, probs, thresholds) of one split; ``tune`` fits the thresholds on this split first.
+    ``features``: the split's cached frozen-encoder crop embeddings (cached linear probe) instead of the encoder."""
     ws = getattr(data, split)
     if ws.n_records == 0:  # e.g. no labelled record in the test folds: metrics are undefined, not zero
         names = ["accuracy", "balanced_accuracy", "macro_f1"] if not data.multilabel else \
             ["challenge_score", "macro_auroc", "macro_auprc", "macro_f1", "accuracy"] \
             if data.task == "arrhythmia27" else ["macro_auroc", "macro_auprc", "macro_f1", "accuracy"]
         return {k: float("nan") for k in names}, pd.DataFrame(), np.zeros((0, len(data.classes))), thresholds
-    probs = predict_records(model, ws, enc_cfg.input_samples, data.multilabel, cfg.optim.batch_size * 2, device,
-                            aggregate=cfg.eval_aggregate)  # fmt: skip
+    if features is not None:
+        probs = predict_from_features(model.head, features, data.multilabel, aggregate=cfg.eval_aggregate)
+    else:
+        probs = predict_records(model, ws, enc_cfg.input_samples, data.multilabel, cfg.optim.batch_size * 2, device,
+                                aggregate=cfg.eval_aggregate)  # fmt: skip
     if not data.multilabel:
         metrics, table = localization_metrics(ws.y, probs, data.classes)
         return metrics, table, probs, None
@@ -154,11 +164,21 @@ def finetune(
         buffer = MetricBuffer(run_id, client)
 
     train = data.train
-    n = len(train.signal)
     signal = torch.from_numpy(train.signal)
     present = torch.from_numpy(train.lead_present)
     valid = torch.from_numpy(train.valid_length)
-    targets = torch.from_numpy(np.asarray(train.y)[train.record_index])
+    # cached linear probe: the frozen encoder embeds the crops tiling every window once; the head trains on them
+    cached = cfg.mode == "linear" and cfg.linear_features == "cached"
+    feats: dict[str, CropFeatures] = {}
+    if cached:
+        for split in ("train", "val", "test"):
+            feats[split] = embed_crops(model.encoder, getattr(data, split), enc_cfg.input_samples,
+                                       cfg.optim.batch_size * 2, device)  # fmt: skip
+        n = len(feats["train"].features)
+        targets = torch.from_numpy(np.asarray(train.y)[feats["train"].owner])
+    else:
+        n = len(train.signal)
+        targets = torch.from_numpy(np.asarray(train.y)[train.record_index])
     loss_fn = _loss_fn(data, cfg, device)
     o = cfg.optim
     opt = torch.optim.AdamW(model.param_groups(o.lr, o.encoder_lr_scale, o.weight_decay))
@@ -185,10 +205,13 @@ def finetune(
         losses = []
         for start in range(0, n, o.batch_size):
             idx = order[start : start + o.batch_size]
-            # crop on the CPU with the seeded generator (reproducible on any device), then move the batch
-            x = to_model_input(signal[idx], length=enc_cfg.input_samples, crop_mode="random",
-                               valid_length=valid[idx], generator=gen).to(device)  # fmt: skip
-            logits = model(x, present[idx].to(device))
+            if cached:
+                logits = model.head(model.dropout(feats["train"].features[idx.to(device)]))
+            else:
+                # crop on the CPU with the seeded generator (reproducible on any device), then move the batch
+                x = to_model_input(signal[idx], length=enc_cfg.input_samples, crop_mode="random",
+                                   valid_length=valid[idx], generator=gen).to(device)  # fmt: skip
+                logits = model(x, present[idx].to(device))
             loss = loss_fn(logits, targets[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +221,8 @@ def finetune(
             step += 1
             losses.append(float(loss.detach()))
         # epoch selection: one coordinate-ascent sweep is enough to rank epochs; the final tuning does them all
-        val_metrics, _, _, _ = _evaluate(model, data, "val", enc_cfg, cfg, device, tune=cfg.tune_thresholds, passes=1)
+        val_metrics, _, _, _ = _evaluate(model, data, "val", enc_cfg, cfg, device, tune=cfg.tune_thresholds, passes=1,
+                                         features=feats.get("val"))  # fmt: skip
         row = {"train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                **{f"val_{k}": v for k, v in val_metrics.items()}}  # fmt: skip
         history.append({"epoch": epoch, **row})
@@ -212,9 +236,9 @@ def finetune(
 
     model.load_state_dict(best["state"])
     val_metrics, val_table, _, thresholds = _evaluate(model, data, "val", enc_cfg, cfg, device,
-                                                      tune=cfg.tune_thresholds)  # fmt: skip
+                                                      tune=cfg.tune_thresholds, features=feats.get("val"))  # fmt: skip
     test_metrics, test_table, test_probs, _ = _evaluate(model, data, "test", enc_cfg, cfg, device,
-                                                        thresholds=thresholds)  # fmt: skip
+                                                        thresholds=thresholds, features=feats.get("test"))  # fmt: skip
     save_predictions(out / "test_predictions.npz", data, test_probs, thresholds)
 
     # ---- artifacts

@@ -133,6 +133,31 @@ def test_full_finetune_changes_the_encoder_and_subsets_are_shared(tmp_path, enco
     assert (sa["fraction_0.2"] <= sa["fraction_0.4"]).all()
 
 
+@pytest.mark.slow  # two linear probes and one reload: ~5-10 s on 2 cores
+def test_cached_linear_probe_matches_its_saved_model_and_online_probe_runs(tmp_path, encoder_file):
+    from ecgmodel.downstream.dataset import prepare_task
+    from ecgmodel.downstream.evaluate import predict_records
+    from ecgmodel.downstream.finetune import build_model, finetune
+
+    store = synthetic_snomed_store(tmp_path / "store", n_records=60)
+    base = FinetuneConfig(store=store, init=encoder_file, mode="linear", threshold_grid=11,
+                          optim={"epochs": 3, "batch_size": 16})  # fmt: skip
+    data = prepare_task(base)
+    res = finetune(base, tmp_path / "cached", progress=False, data=data)
+    online = finetune(base.model_copy(update={"linear_features": "online"}), tmp_path / "online", progress=False,
+                      data=data)  # fmt: skip
+    original = torch.load(encoder_file, weights_only=True)["state_dict"]
+    for run in ("cached", "online"):
+        saved = torch.load(tmp_path / run / "model.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(saved[f"encoder.{k}"], v) for k, v in original.items())  # encoder frozen
+    assert math.isfinite(res["test_macro_auroc"]) and math.isfinite(online["test_macro_auroc"])
+    # the cached probe's test predictions are what its saved model predicts through the encoder
+    model, enc_cfg = build_model(base, len(data.classes))
+    model.load_state_dict(torch.load(tmp_path / "cached" / "model.pt", weights_only=True)["state_dict"])
+    direct = predict_records(model, data.test, enc_cfg.input_samples, True, 32)
+    np.testing.assert_allclose(np.load(tmp_path / "cached" / "test_predictions.npz")["probs"], direct, atol=1e-5)
+
+
 def test_cli_registers_finetune_and_ablate():
     from flows import ablation, finetune
 

@@ -78,6 +78,12 @@ def random_encoder(arch: EncoderConfig | dict | str | Path, seed: int = 0) -> tu
     return enc, cfg
 
 
+def default_batch_size(device: str) -> int:
+    """Crops per forward pass: 32 on a CPU, where a batch's activations then stay in the caches (256 was half
+    as fast per crop on two cores: ``bench/embed.py --batch-sizes``, docs/performance.md); 256 on a GPU."""
+    return 32 if torch.device(device).type == "cpu" else 256
+
+
 def pool(tok: torch.Tensor, lead_present: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """Tokens (B, L, P, d) -> (B, k) features, absent leads excluded (see module docstring)."""
     w = lead_present.to(tok.dtype)[:, :, None, None]
@@ -101,13 +107,14 @@ def embed_store(
     random_arch: EncoderConfig | dict | str | Path | None = None,
     seed: int = 0,
     pooling: Pooling | Sequence[Pooling] = DEFAULT_POOLING,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
     min_std_uv: float = 10.0,
 ) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """One row per record of ``store`` (module docstring). Give ``encoder`` (a reference) or ``random_arch``.
-    With a sequence of poolings the encoder runs once and a ``{pooling: table}`` dict comes back."""
+    With a sequence of poolings the encoder runs once and a ``{pooling: table}`` dict comes back.
+    ``batch_size``: crops per forward pass; None = :func:`default_batch_size` of the device."""
     if (encoder is None) == (random_arch is None):
         raise ValueError("give exactly one of encoder (a trained encoder reference) or random_arch (--random)")
     pools = (pooling,) if isinstance(pooling, str) else tuple(pooling)
@@ -116,6 +123,7 @@ def embed_store(
             raise ValueError(f"unknown pooling {p!r}; choose one of {list(POOLINGS)}")
     if threads:
         torch.set_num_threads(threads)
+    batch_size = batch_size or default_batch_size(device)
     if encoder is not None:
         from ecgmodel.train.checkpoint import load_encoder
 
@@ -238,7 +246,7 @@ def embed_to_file(
     arch: str | Path | None = None,
     seed: int = 0,
     pooling: Pooling = DEFAULT_POOLING,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> dict:

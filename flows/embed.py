@@ -26,7 +26,7 @@ def embed_flow(
     random: bool = False,
     seed: int = 0,
     pooling: str = "mean-max",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> dict:
@@ -58,7 +58,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random encoder (default 0)")
     p.add_argument("--pooling", choices=["mean-max", "mean", "lead-mean"], default="mean-max",
                    help="token pooling (default mean-max; see ecgmodel/embed.py)")
-    p.add_argument("--batch-size", type=int, default=256, help="crops per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="crops per forward pass (default: 32 on a CPU, 256 on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=_handler)

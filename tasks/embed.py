@@ -21,7 +21,7 @@ def embed_task(
     arch: str | None = None,
     seed: int = 0,
     pooling: str = "mean-max",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> dict[str, Any]:

@@ -141,3 +141,10 @@ def test_several_poolings_in_one_pass_match_single_runs(store):
     for p in ("mean", "lead-mean"):
         one = embed_store(store, random_arch=ARCH, seed=0, pooling=p)
         np.testing.assert_allclose(np.stack(both[p]["vector"]), np.stack(one["vector"]), rtol=1e-5, atol=1e-6)
+
+
+def test_default_batch_size_follows_the_device():
+    from ecgmodel.embed import default_batch_size
+
+    assert default_batch_size("cpu") == 32  # measured faster per crop on CPU than 256 (bench/embed.py)
+    assert default_batch_size("cuda:0") == 256

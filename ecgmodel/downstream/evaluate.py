@@ -10,6 +10,9 @@ balanced accuracy, macro F1 and the confusion matrix.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,18 +109,97 @@ class CropFeatures:
     n_records: int
 
 
+class FeatureCache:
+    """Frozen-encoder crop embeddings kept across the cells of one process (an ablation trains many linear probes
+    of the same frozen encoder on overlapping records). A crop's key is the encoder's weights and architecture,
+    the bytes of its window (signal, present leads, valid length), its start and length: content, not names, so
+    a changed store or encoder can never be served stale features. Least recently used entries go first."""
+
+    def __init__(self, max_crops: int = 200_000):
+        self.max_crops = max_crops
+        self._rows: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is not None:
+                self._rows.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+            return row
+
+    def put(self, key: tuple, row: torch.Tensor) -> None:
+        with self._lock:
+            self._rows[key] = row
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.max_crops:
+                self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self.hits = self.misses = 0
+
+
+#: the process-wide cache the linear probe uses (``finetune`` with ``linear_features="cached"``)
+FEATURE_CACHE = FeatureCache()
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """Digest of an encoder's class, config and every parameter and buffer."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(encoder).__name__.encode())
+    cfg = getattr(encoder, "cfg", None)
+    h.update(repr(cfg.model_dump() if hasattr(cfg, "model_dump") else cfg).encode())
+    for name, t in encoder.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _window_digests(data: WindowSet) -> list[bytes]:
+    out = []
+    for w in range(len(data.signal)):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.ascontiguousarray(data.signal[w]).tobytes())
+        h.update(np.ascontiguousarray(data.lead_present[w]).tobytes())
+        h.update(int(data.valid_length[w]).to_bytes(8, "little"))
+        out.append(h.digest())
+    return out
+
+
 @torch.no_grad()
 def embed_crops(encoder: torch.nn.Module, data: WindowSet, input_samples: int, batch_size: int = 64,
-                device: torch.device | str = "cpu") -> CropFeatures:
-    """Embed every crop tiling ``data`` once with a frozen encoder (eval mode): the features a linear probe reads."""
+                device: torch.device | str = "cpu", cache: FeatureCache | None = None) -> CropFeatures:
+    """Embed every crop tiling ``data`` once with a frozen encoder (eval mode): the features a linear probe reads.
+    With ``cache``, crops embedded before by the same encoder (same weights, same window content) are reused."""
     was_training = encoder.training
     encoder.eval()
     windows, starts = tile_crops(data, input_samples)
-    feats = [encoder.embed(x.to(device), present.to(device)).float()
-             for x, present in crop_batches(data, windows, starts, input_samples, batch_size)]  # fmt: skip
-    encoder.train(was_training)
     out_dim = int(getattr(encoder, "out_dim", 0))
-    features = torch.cat(feats) if feats else torch.zeros((0, out_dim), device=device)
+    rows: list[torch.Tensor | None] = [None] * len(windows)
+    keys: list[tuple] = []
+    if cache is not None and len(windows):
+        fp = encoder_fingerprint(encoder)
+        digests = _window_digests(data)
+        keys = [(fp, digests[w], int(s), input_samples) for w, s in zip(windows, starts, strict=True)]
+        rows = [cache.get(k) for k in keys]
+    todo = np.array([i for i, r in enumerate(rows) if r is None], dtype=np.int64)
+    done = 0
+    for x, present in crop_batches(data, windows[todo], starts[todo], input_samples, batch_size):
+        f = encoder.embed(x.to(device), present.to(device)).float().cpu()
+        for j in range(len(f)):
+            i = int(todo[done + j])
+            rows[i] = f[j].clone()
+            if cache is not None:
+                cache.put(keys[i], rows[i])
+        done += len(f)
+    encoder.train(was_training)
+    features = torch.stack(rows).to(device) if len(rows) else torch.zeros((0, out_dim), device=device)
     owner = data.record_index[windows] if len(windows) else np.zeros(0, np.int64)
     return CropFeatures(features, windows, owner, data.n_records)
 

@@ -38,6 +38,7 @@ from ecgmodel.data.transforms import to_model_input
 from ecgmodel.downstream.config import FinetuneConfig
 from ecgmodel.downstream.dataset import TaskData, prepare_task
 from ecgmodel.downstream.evaluate import (
+    FEATURE_CACHE,
     CropFeatures,
     arrhythmia_metrics,
     embed_crops,
@@ -173,7 +174,7 @@ def finetune(
     if cached:
         for split in ("train", "val", "test"):
             feats[split] = embed_crops(model.encoder, getattr(data, split), enc_cfg.input_samples,
-                                       cfg.optim.batch_size * 2, device)  # fmt: skip
+                                       cfg.optim.batch_size * 2, device, cache=FEATURE_CACHE)  # fmt: skip
         n = len(feats["train"].features)
         targets = torch.from_numpy(np.asarray(train.y)[feats["train"].owner])
     else:

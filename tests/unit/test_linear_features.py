@@ -73,3 +73,38 @@ def test_aggregate_crops_mean_and_max():
     np.testing.assert_allclose(aggregate_crops(p, owner, 2, "max"), [[0.4, 0.9], [0.7, 0.5]])
     with pytest.raises(ValueError, match="aggregate"):
         aggregate_crops(p, owner, 2, "median")
+
+
+def test_feature_cache_reuses_only_identical_encoder_and_window_content():
+    from ecgmodel.downstream.evaluate import FeatureCache
+
+    torch.manual_seed(0)
+    encoder = build_encoder(TINY)
+    ws = window_set()
+    cache = FeatureCache()
+    plain = embed_crops(encoder, ws, TINY.input_samples)
+    first = embed_crops(encoder, ws, TINY.input_samples, cache=cache)
+    n = len(first.features)
+    assert (cache.hits, cache.misses) == (0, n)
+    again = embed_crops(encoder, ws, TINY.input_samples, batch_size=5, cache=cache)
+    assert (cache.hits, cache.misses) == (n, n)
+    torch.testing.assert_close(again.features, plain.features, atol=1e-5, rtol=0)
+    # a subset of the windows (a smaller label fraction) is served from the cache too
+    sub = WindowSet(ws.signal[2:5], ws.lead_present[2:5], ws.valid_length[2:5], ws.record_index[2:5] - 1,
+                    ws.y[1:4], ws.records.iloc[1:4])  # fmt: skip
+    embed_crops(encoder, sub, TINY.input_samples, cache=cache)
+    assert cache.misses == n
+    # changed content (one sample of one window) or changed weights: recomputed, never stale
+    changed = WindowSet(ws.signal.copy(), ws.lead_present, ws.valid_length, ws.record_index, ws.y, ws.records)
+    changed.signal[0, 0, 10] += 1000
+    embed_crops(encoder, changed, TINY.input_samples, cache=cache)
+    crops_of_window0 = int((first.window == 0).sum())
+    assert cache.misses == n + crops_of_window0
+    with torch.no_grad():
+        encoder.patch_embed.weight[0, 0] += 1.0
+    moved = embed_crops(encoder, ws, TINY.input_samples, cache=cache)
+    assert cache.misses == 2 * n + crops_of_window0
+    assert not torch.allclose(moved.features, plain.features)
+    small = FeatureCache(max_crops=3)
+    embed_crops(encoder, ws, TINY.input_samples, cache=small)
+    assert len(small._rows) == 3

@@ -140,8 +140,9 @@ PRESETS: dict[str, dict] = {
         "optim": {"max_steps": 200, "lr": 2e-3, "warmup_steps": 10},
         "run": {"log_every": 10, "ckpt_every": 100},
     },
-    # CPU, ~15 min on 2 idle cores over the shared mirror (~3,300 records): 5 s crops (context for
-    # same-time spans), 12 x 50 tokens, divided attention. Choice and measurements: docs/evidence.md.
+    # CPU, inside ~15 min on 2 idle cores over the shared mirror (measured: 800 steps in 626 s on its train
+    # split): 5 s crops (context for same-time spans), 12 x 50 tokens, divided attention. Choice and
+    # measurements: docs/evidence.md.
     "cpu": {
         "encoder": {"input_samples": 2500, "patch_size": 50, "d_model": 64, "n_layers": 3, "n_heads": 4,
                     "attention": "divided"},

@@ -2,7 +2,8 @@
 
 On the parent run:
 
-* artifacts ``cells.csv`` (one row per child run), ``summary.csv`` (mean / std / 95% t-interval over seeds per
+* artifacts ``cells.csv`` (one row per child run), ``arm_contrasts.csv`` (pretext ablation: the SSL arms head to
+  head, A - B with paired-bootstrap CIs; also a table in ``report.md``), ``summary.csv`` (mean / std / 95% t-interval over seeds per
   mode x init x fraction), ``evidence.csv`` (paired-bootstrap CIs of every SSL - random gain and of
   SSL(f) - random(100 %), per arm and mode), ``report.md`` and ``label_efficiency.png`` (curves + gains with CIs);
 * metrics ``labels_to_match`` (non-inferiority; NaN = not reached) and ``gain_at_<f>`` / ``gain_ci_low_at_<f>`` /
@@ -46,8 +47,13 @@ def ablation_report(
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ecgmodel.downstream.ablation import best_cell, evidence, metric_key, summarize
-    from ecgmodel.downstream.report import NOT_REACHED, headline_markdown, significance_sentences
+    from ecgmodel.downstream.ablation import arm_contrasts, best_cell, evidence, metric_key, summarize
+    from ecgmodel.downstream.report import (
+        NOT_REACHED,
+        contrasts_markdown,
+        headline_markdown,
+        significance_sentences,
+    )
     from ecgmodel.plots_downstream import plot_label_efficiency
 
     arms = arms or ["ssl"]
@@ -75,6 +81,13 @@ def ablation_report(
     evidence_csv = out / "evidence.csv"
     ev_all.to_csv(evidence_csv, index=False)
 
+    contrasts_csv = None
+    if len(arms) > 1:  # pretext ablation: the arms head to head (joint first, so a pair reads joint - single task)
+        order = sorted(arms, key=lambda a: not a.endswith("joint"))
+        contrasts = arm_contrasts(frame, task_name, metric, modes, order, bootstrap_samples, seed=101)
+        contrasts_csv = out / "arm_contrasts.csv"
+        contrasts.to_csv(contrasts_csv, index=False)
+
     head, head_arm = headline_mode(modes), arms[0]
     fig = plot_label_efficiency(summary, metric, {m: ltm.get(f"{head_arm}/{m}", math.nan) for m in modes},
                                 title=title, evidence=ev_all)  # fmt: skip
@@ -84,6 +97,8 @@ def ablation_report(
     failed = int((frame["error"].astype(str) != "").sum()) if len(frame) else 0
     markdown = headline_markdown(task_name, metric, ev_all, ltm, margin, validation, bootstrap_samples,
                                  overlap_note, failed, len(frame), schedules)  # fmt: skip
+    if contrasts_csv is not None:
+        markdown += "\n\n" + contrasts_markdown(contrasts)
     report_md = out / "report.md"
     report_md.write_text(markdown + "\n")
 
@@ -116,7 +131,9 @@ def ablation_report(
                            f"{head_ltm:g}" if math.isfinite(head_ltm) else NOT_REACHED)  # fmt: skip
             client.set_tag(parent_run_id, "ecgssl.headline_mode", head)
             client.set_tag(parent_run_id, "mlflow.note.content", markdown)
-            for path in (cells_csv, summary_csv, evidence_csv, report_md, plot):
+            for path in (cells_csv, summary_csv, evidence_csv, report_md, plot, contrasts_csv):
+                if path is None:
+                    continue
                 client.log_artifact(parent_run_id, str(path))
     by_mode = {m: ltm.get(f"{head_arm}/{m}", math.nan) for m in modes}
     return {

@@ -72,6 +72,16 @@ def headline_markdown(
     return "\n".join(lines)
 
 
+def contrasts_markdown(contrasts: pd.DataFrame) -> str:
+    """Pretext ablation: the SSL arms head to head (``ecgmodel.downstream.ablation.arm_contrasts``) as markdown."""
+    lines = ["### Pretext arms head to head", "", "| A - B | mode | fraction | difference (95% CI) | significant |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in contrasts.itertuples(index=False):
+        lines.append(f"| {r.a} - {r.b} | {r.mode} | {r.fraction:g} | {_num(r.diff)} [{_num(r.ci_low)}, "
+                     f"{_num(r.ci_high)}] | {'yes' if r.significant else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def significance_sentences(evidence: pd.DataFrame, labels_to_match: dict[str, float]) -> list[str]:
     """Plain sentences for a console summary: which gains are significant, what labels_to_match says."""
     out = []

@@ -374,3 +374,37 @@ def test_pretraining_selection_stays_on_the_commit_it_opened(tmp_path):
     sel = select_rows(pinned, preset("smoke"))
     assert sel["info"]["store_hash"] == before
     assert sel["rows"].max() < pinned.n  # nothing of the later commit
+
+
+def test_pretext_arms_are_compared_head_to_head(tmp_path):
+    """arm_contrasts: joint right on 85 % of the records, mask on 60 %, shuffle like joint: joint - mask is
+    significant and near +0.25, joint - shuffle is not; the report lists both."""
+    from ecgmodel.downstream.ablation import arm_contrasts
+    from ecgmodel.downstream.report import contrasts_markdown
+
+    rng = np.random.default_rng(5)
+    n = 400
+    base = rng.random(n)
+    rate = {"ssl-joint": 0.85, "ssl-shuffle": 0.85, "ssl-mask": 0.6}
+    rows = []
+    for init, r in rate.items():
+        for seed in range(2):
+            out = tmp_path / f"{init}-{seed}"
+            out.mkdir()
+            correct = base + rng.normal(0, 0.02, n) < r
+            np.savez(out / "test_predictions.npz", keys=np.array([f"r{i}" for i in range(n)]), y=np.zeros(n, np.int64),
+                     probs=np.zeros((n, 2)), outputs=np.where(correct, 0, 1), classes=np.array(["a", "b"]))  # fmt: skip
+            rows.append({"mode": "linear", "init": init, "fraction": 1.0, "seed": seed, "out_dir": str(out)})
+    cells = pd.DataFrame(rows)
+    table = arm_contrasts(cells, "localization", "test_accuracy", ["linear"], ["ssl-joint", "ssl-mask", "ssl-shuffle"],
+                          n_boot=300)  # fmt: skip
+    pairs = {(r.a, r.b): r for r in table.itertuples(index=False)}
+    assert set(pairs) == {("ssl-joint", "ssl-mask"), ("ssl-joint", "ssl-shuffle"), ("ssl-mask", "ssl-shuffle")}
+    jm = pairs[("ssl-joint", "ssl-mask")]
+    assert jm.significant and jm.ci_low > 0.15 and jm.diff == pytest.approx(0.25, abs=0.04)
+    js = pairs[("ssl-joint", "ssl-shuffle")]
+    assert not js.significant and js.ci_low <= 0 <= js.ci_high
+    assert pairs[("ssl-mask", "ssl-shuffle")].diff < 0
+    md = contrasts_markdown(table)
+    assert "| ssl-joint - ssl-mask | linear | 1 |" in md and md.count("\n| ssl-") == 3
+    assert arm_contrasts(cells, "localization", "test_accuracy", ["linear"], ["ssl-joint"]).empty

@@ -67,5 +67,6 @@ def main() -> None:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }, indent=1))
 
+
 if __name__ == "__main__":
     main()

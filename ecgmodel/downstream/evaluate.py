@@ -139,11 +139,6 @@ class FeatureCache:
             while len(self._rows) > self.max_crops:
                 self._rows.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self.hits = self.misses = 0
-
 
 #: the process-wide cache the linear probe uses (``finetune`` with ``linear_features="cached"``)
 FEATURE_CACHE = FeatureCache()

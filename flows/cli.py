@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()  # before prefect / mlflow are imported: they read these at import or first use
     parser = build_parser()
     args = parser.parse_args(argv)
-    code = args.func(args)
+    from ecgmodel.errors import UserError
+
+    try:
+        code = args.func(args)
+    except UserError as exc:  # expected: one line naming the problem and the command that fixes it
+        print(f"ecgssl {args.command}: error: {exc.line()}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

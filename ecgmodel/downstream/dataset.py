@@ -71,19 +71,27 @@ def record_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
     return records, rows
 
 
-def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, str], store_path: str):
+def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, str], store_path: str,
+            sources: dict | None = None):
     """(keep mask, y bool (n, C), classes, definitions, target, info) for the task."""
     if cfg.task == "arrhythmia27":
         systems = records["source"].map(lambda s: dx_systems.get(s, ""))
-        keep = (systems == L.SNOMED_SYSTEM) & (records["dx"].astype(str).str.strip() != "")
-        if not keep.any():
+        has_dx = records["dx"].astype(str).str.strip() != ""
+        snomed, scp = (systems == L.SNOMED_SYSTEM) & has_dx, (systems == L.PTBXL_SYSTEM) & has_dx
+        if not (snomed | scp).any():
             raise ValueError(
-                f"{store_path}: no labelled SNOMED records for arrhythmia27 (rule: source dx_system "
-                f"'{L.SNOMED_SYSTEM}' and a non-empty dx); dx_systems are {dx_systems}"
+                f"{store_path}: no labelled records for arrhythmia27 (rule: source dx_system '{L.SNOMED_SYSTEM}' "
+                f"or '{L.PTBXL_SYSTEM}' and a non-empty dx); dx_systems are {dx_systems}"
             )
+        dx, info = records["dx"].astype(str).copy(), {}
+        if scp.any():  # PTB-XL statements + heart_axis -> scored SNOMED codes (aux_data/ptbxl_to_snomed_scored.csv)
+            dx.loc[scp], info = _ptbxl_snomed_dx(cfg, records.loc[scp], sources or {}, store_path)
+        keep = snomed | scp
         classes = L.merged_scored_codes()
-        y = L.encode_snomed(records.loc[keep, "dx"], classes)
-        return keep.to_numpy(), y, classes, L.label_definition_table(merged=True), L.SNOMED_SYSTEM, {}
+        y = L.encode_snomed(dx[keep], classes)
+        definitions = L.label_definition_table(merged=True)
+        definitions["ptbxl_statements"] = definitions["code"].map(_ptbxl_statements_of()).fillna("")
+        return keep.to_numpy(), y, classes, definitions, L.SNOMED_SYSTEM, info
     if cfg.task == "ptbxl-superclass":
         from ecgmodel.data.ptbxl import SUPERCLASSES, superclass_matrix
 
@@ -125,6 +133,41 @@ def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, st
     return keep.to_numpy(), y, classes, definitions, target, {"merge_rule": rule}
 
 
+def _ptbxl_statements_of() -> dict[str, str]:
+    """merged arrhythmia27 class -> the PTB-XL statements that set it (``scp_codes:KEY`` / ``heart_axis:VALUE``)."""
+    from ecgmodel.data.ptbxl import snomed_table
+
+    t = snomed_table()
+    out: dict[str, list[str]] = {}
+    for row in t.itertuples(index=False):
+        out.setdefault(L.representative(row.snomed_code), []).append(f"{row.ptbxl_field}:{row.ptbxl_value}")
+    return {k: " ".join(v) for k, v in out.items()}
+
+
+def _ptbxl_snomed_dx(cfg: FinetuneConfig, records: pd.DataFrame, sources: dict, store_path: str):
+    """The scored SNOMED codes (comma-separated dx) of PTB-XL records and info naming the heart_axis source."""
+    from ecgmodel.data import ptbxl
+
+    locations = ptbxl.metadata_locations(sources, cfg.split.ptbxl_metadata)
+    try:
+        axes, location = ptbxl.load_heart_axes(locations)
+    except ValueError as e:
+        raise ValueError(
+            f"{store_path}: arrhythmia27 needs PTB-XL's heart_axis (left/right axis deviation) for its "
+            f"{len(records)} PTB-XL records and found no readable ptbxl_database.csv ({e}); give it with "
+            "--set split.ptbxl_metadata=<PTB-XL folder>/ptbxl_database.csv"
+        ) from e
+    ids = records["record"].map(ptbxl.ecg_id)
+    unknown = ids.isna() | ~ids.isin(list(axes))
+    if unknown.any():
+        raise ValueError(f"{store_path}: PTB-XL record {records.loc[unknown, 'record'].iloc[0]!r} has no row in "
+                         f"{location} (rule: every PTB-XL record's ecg_id is in the ptbxl_database.csv its "
+                         "heart_axis is read from)")  # fmt: skip
+    dx = [",".join(ptbxl.snomed_codes(L.split_dx(d), axes.get(int(i))))
+          for d, i in zip(records["dx"], ids, strict=True)]  # fmt: skip
+    return pd.Series(dx, index=records.index), {"ptbxl_heart_axis": location}
+
+
 def labelled_records(cfg: FinetuneConfig, store=None) -> dict:
     """The task's labelled records, one canonical copy per recording, each with its split (no signal read).
 
@@ -136,7 +179,8 @@ def labelled_records(cfg: FinetuneConfig, store=None) -> dict:
     meta = store.meta()
     dx_systems = dict(store.attrs.get("dx_systems", {}))
     records, rows = record_table(meta)
-    keep, y, classes, definitions, target, info = _labels(cfg, records, dx_systems, str(cfg.store))
+    keep, y, classes, definitions, target, info = _labels(cfg, records, dx_systems, str(cfg.store),
+                                                          dict(store.attrs.get("sources", {})))
     records = records[keep].reset_index(drop=True)
     rows = [r for r, k in zip(rows, keep, strict=True) if k]
     if cfg.max_windows_per_record:

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
     "flows.embed",      # embed
+    "flows.labels",     # labels
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
 ]

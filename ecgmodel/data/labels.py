@@ -2,7 +2,8 @@
 
 * **arrhythmia27** - the 27 SNOMED CT codes scored by the PhysioNet/CinC Challenge 2020, in the order of the
   official ``dx_mapping_scored.csv`` (embedded in ``ecgmodel/aux_data`` with its licence and provenance). Columns
-  of every arrhythmia27 model, threshold vector and metric follow that order.
+  of every arrhythmia27 model, threshold vector and metric follow that order. Challenge records carry the codes;
+  PTB-XL records get them from their statements and heart axis (``ecgmodel.data.ptbxl.snomed_codes``).
 * **localization** - one class per record, from whichever labelling the store's source carries:
 
   - ``mi_location``: PTB-XL myocardial infarction location from ``scp_codes`` keys (the public stand-in);

@@ -1,7 +1,8 @@
 """From a store to the labelled, split, in-memory data of one fine-tuning run.
 
 ``prepare_task(cfg)`` reads the store's metadata, derives one label row per record (arrhythmia27: multi-hot of
-the scored codes from SNOMED sources, equivalent pairs merged into 24 outputs; localization: one class per record;
+the scored codes of SNOMED sources and of PTB-XL records through ``aux_data/ptbxl_to_snomed_scored.csv`` (their
+heart axis read from PTB-XL's ``ptbxl_database.csv``), equivalent pairs merged into 24 outputs; localization: one class per record;
 ptbxl-superclass: multi-hot NORM/MI/STTC/CD/HYP of PTB-XL records with a diagnostic statement), keeps ONE copy of
 every recording (``split_assignment.canonical_copies`` among the copies that carry the label), takes each record's
 split from the store's persisted assignment (``ecgmodel.data.split_assignment``, the one pretraining reads), draws

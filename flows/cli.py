@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "flows.ablation",   # ablate
     "flows.embed",      # embed
     "flows.labels",     # labels
+    "flows.sweep",      # sweep
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
 ]

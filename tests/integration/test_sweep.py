@@ -46,6 +46,7 @@ def test_choose_length_rule():
     assert "ties go to fewer steps" in RULE
 
 
+@pytest.mark.slow  # ~15 s of CPU, up to ~70 s wall on two busy cores
 def test_sweep_writes_table_plot_page_and_never_reads_test(tmp_path, physionet_mirror, monkeypatch, capsys):
     store = _store(tmp_path / "store.zarr", physionet_mirror / "ptb-xl" / "1.0.3")
     read: list[int] = []
@@ -86,7 +87,15 @@ def test_sweep_writes_table_plot_page_and_never_reads_test(tmp_path, physionet_m
     test_recs = set(assign.loc[assign["split"] == "test", "record"].astype(str))
     assert test_recs and read
     assert not set(meta.iloc[sorted(set(read))]["record"].astype(str)) & test_recs
-    # re-running resumes: every (seed, step) is already scored, nothing is pretrained again
-    read.clear()
-    assert main(argv) == 0
+    # re-running resumes (every (seed, step) is already scored) and logs one MLflow parent with a child per seed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main([a for a in argv if a != "--no-mlflow"]) == 0
     assert len(pd.read_csv(out / "sweep.csv")) == 6
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["ecgssl-sweep"], output_format="list")
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 2
+    assert parent[0].data.metrics["chosen_steps"] == chosen
+    assert all("val_auroc_100" in c.data.metrics and "eval_lead_ce" in c.data.metrics for c in children)

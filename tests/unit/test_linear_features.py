@@ -43,7 +43,7 @@ def window_set(seed: int = 0) -> WindowSet:
 def test_cached_features_predict_like_the_model(multilabel, aggregate, pooling):
     torch.manual_seed(0)
     model = DownstreamModel(build_encoder(TINY), n_classes=3, mode="linear", dropout=0.5, pooling=pooling)
-    torch.nn.init.normal_(model.head.weight, std=1.0)  # a head that makes the outputs differ between records
+    torch.nn.init.normal_(model.head.weight, std=0.3)  # a head that makes the outputs differ between records
     ws = window_set()
     direct = predict_records(model, ws, TINY.input_samples, multilabel, batch_size=3, aggregate=aggregate)
     feats = embed_crops(model.encoder, ws, TINY.input_samples, batch_size=4, pooling=pooling)
@@ -52,7 +52,7 @@ def test_cached_features_predict_like_the_model(multilabel, aggregate, pooling):
     assert len(feats.features) == len(windows) > len(ws.signal)  # several crops tile the longer windows
     assert feats.features.shape[1] == model.encoder.out_dim * (2 if pooling == "meanmax" else 1)
     np.testing.assert_allclose(cached, direct, atol=1e-5)
-    assert not np.allclose(cached[0], cached[1])  # a real comparison, not constant outputs
+    assert not np.allclose(cached, cached[:1])  # a real comparison, not constant outputs
 
 
 def test_embed_crops_restores_the_encoder_mode_and_handles_empty_sets():

@@ -29,7 +29,9 @@ reproducible for a given config and seed on one machine with the same torch buil
 (``num_threads``, logged): same metrics, predictions and weights, alone or beside other cells. NOT bitwise: across
 machines, BLAS/torch versions or thread counts (float summation order), and on CUDA (``cudnn.deterministic`` is set
 and ``cudnn.benchmark`` cleared, but atomics in some backward kernels still reorder sums), where runs agree only to
-float tolerance. The probe's L-BFGS fits run on single-threaded BLAS and are deterministic.
+float tolerance. The probe's L-BFGS fits run on single-threaded BLAS and are deterministic; its crop embeddings,
+shared between cells through ``FEATURE_CACHE``, are the same whichever cell embedded a crop first because a crop's
+embedding does not depend on the other crops of its batch (checked on CPU by the tests).
 """
 
 from __future__ import annotations

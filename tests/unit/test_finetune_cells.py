@@ -152,3 +152,28 @@ def test_load_downstream_model_rejects_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a fine-tuned ecgssl model"):
         load_downstream_model(tmp_path / "x.pt")
+
+
+def test_probe_cell_is_identical_with_a_cold_or_shared_feature_cache(store, tmp_path, monkeypatch):
+    """Probe cells share the process-wide crop-feature cache; which cell embeds a crop first must not matter."""
+    import ecgmodel.downstream.finetune as ft
+    from ecgmodel.downstream.evaluate import FeatureCache
+    from ecgmodel.models.encoder import EncoderConfig, build_encoder
+    from ecgmodel.train.checkpoint import save_encoder
+
+    enc_cfg = EncoderConfig(**TINY)
+    encoder = str(save_encoder(tmp_path / "enc.pt", build_encoder(enc_cfg, torch.Generator().manual_seed(0)), enc_cfg))
+    cfg = _cfg(store, init=encoder, mode="linear", fraction=0.6, seed=2, probe={"C_grid": [0.1, 1.0]})
+    other = cfg.model_copy(update={"fraction": 1.0, "seed": 5})
+    monkeypatch.setattr(ft, "FEATURE_CACHE", FeatureCache())
+    alone = finetune(cfg, tmp_path / "alone", progress=False)
+    shared = FeatureCache()
+    monkeypatch.setattr(ft, "FEATURE_CACHE", shared)
+    thread = threading.Thread(target=finetune, args=(other, tmp_path / "other"), kwargs={"progress": False})
+    thread.start()
+    beside = finetune(cfg, tmp_path / "beside", progress=False)
+    thread.join()
+    assert shared.hits > 0  # the two cells did share crops
+    assert _comparable(alone) == _comparable(beside)
+    a, b = (np.load(tmp_path / d / "test_predictions.npz") for d in ("alone", "beside"))
+    np.testing.assert_array_equal(a["probs"], b["probs"])

@@ -62,6 +62,11 @@ def _parse_set(items: list[str] | None) -> dict | None:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    if args.init == "supervised" and args.mode != "full":
+        from ecgmodel.errors import UserError
+
+        raise UserError(f"--init supervised --mode {args.mode}: the supervised xresnet1d arm trains from scratch, "
+                        "full mode only", fix=f"ecgssl finetune --store {args.store} --init supervised --mode full")
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
         overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from,

@@ -177,3 +177,11 @@ def test_probe_cell_is_identical_with_a_cold_or_shared_feature_cache(store, tmp_
     assert _comparable(alone) == _comparable(beside)
     a, b = (np.load(tmp_path / d / "test_predictions.npz") for d in ("alone", "beside"))
     np.testing.assert_array_equal(a["probs"], b["probs"])
+
+
+def test_cli_rejects_a_supervised_linear_probe_in_one_line(capsys):
+    from flows import cli
+
+    assert cli.main(["finetune", "--store", "s.zarr", "--init", "supervised", "--mode", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "full mode only" in err and "--init supervised --mode full" in err

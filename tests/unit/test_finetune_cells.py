@@ -173,10 +173,13 @@ def test_probe_cell_is_identical_with_a_cold_or_shared_feature_cache(store, tmp_
     thread.start()
     beside = finetune(cfg, tmp_path / "beside", progress=False)
     thread.join()
-    assert shared.hits > 0  # the two cells did share crops
-    assert _comparable(alone) == _comparable(beside)
-    a, b = (np.load(tmp_path / d / "test_predictions.npz") for d in ("alone", "beside"))
+    hits = shared.hits
+    warm = finetune(cfg, tmp_path / "warm", progress=False)  # every crop now served from the cache
+    assert shared.hits > hits
+    assert _comparable(alone) == _comparable(beside) == _comparable(warm)
+    a, b, c = (np.load(tmp_path / d / "test_predictions.npz") for d in ("alone", "beside", "warm"))
     np.testing.assert_array_equal(a["probs"], b["probs"])
+    np.testing.assert_array_equal(a["probs"], c["probs"])
 
 
 def test_cli_rejects_a_supervised_linear_probe_in_one_line(capsys):

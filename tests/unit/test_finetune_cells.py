@@ -188,3 +188,32 @@ def test_cli_rejects_a_supervised_linear_probe_in_one_line(capsys):
     assert cli.main(["finetune", "--store", "s.zarr", "--init", "supervised", "--mode", "linear"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "full mode only" in err and "--init supervised --mode full" in err
+
+
+@pytest.mark.slow  # the first MLflow access of a process creates its SQLite schema (~10 s)
+def test_child_run_carries_the_convergence_bookkeeping(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ecgmodel.tracking import setup_mlflow
+
+    experiment_id = setup_mlflow("ecgssl-cells-test")
+    client = MlflowClient()
+    for name, cfg in {
+        "full": _cfg(store, optim={"epochs": 3, "batch_size": 16, "patience": 1, "lr": 1e-12, "weight_decay": 0.0}),
+        "supervised": _cfg(store, init="supervised", supervised=TINY_CNN, optim={"epochs": 2, "batch_size": 16}),
+        "probe": _cfg(store, mode="linear", probe={"C_grid": [0.1, 1.0, 10.0]}),
+    }.items():
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        res = finetune(cfg, tmp_path / name, run_id=run_id, progress=False)
+        run = client.get_run(run_id)
+        assert run.data.metrics["best_epoch"] == res["best_epoch"]
+        assert run.data.metrics["epochs_trained"] == res["epochs_trained"]
+        assert run.data.tags["ecgssl.budget_limited"] == str(res["budget_limited"]).lower()
+        assert run.data.params["arch"] == res["arch"] and run.data.params["num_threads"] == "1"
+        if name == "probe":
+            assert run.data.tags["ecgssl.grid_edge"] == str(res["grid_edge"]).lower()
+            assert run.data.metrics["probe_C"] == res["probe_C"]
+            assert len(client.get_metric_history(run_id, "val_challenge_score")) == 3
+        else:
+            assert "ecgssl.grid_edge" not in run.data.tags
+    assert (res["budget_limited"], client.get_run(run_id).data.params["init"]) == (False, "random")

@@ -14,7 +14,10 @@ design follows the benchmark's ``xresnet1d``:
   -> ReLU -> BN -> dropout(p) -> Linear(n_classes) (fastai's ``create_head``, ``lin_ftrs=[128]``, ``ps=0.5``);
 * weights: kaiming normal for convolutions and linear layers, biases 0 (fastai ``init_cnn``).
 
-The default config is ``xresnet1d50`` (layers 3-4-6-3, bottleneck, kernel 5). Input contract as the transformer
+The default config is ``xresnet1d50`` (layers 3-4-6-3, bottleneck, kernel 5; 19 M parameters with 12 leads). The
+benchmark fed it 2.5 s crops at 100 Hz; here it reads the crops the transformer arm reads (500 Hz, the encoder's
+``input_samples``), i.e. 5x the samples per second: the same architecture with a receptive field 5x shorter in
+time, and about 5x the compute per crop. Input contract as the transformer
 fine-tuning uses it: standardised 12-lead crops ``(B, 12, T)`` plus ``lead_present`` ``(B, 12)`` (absent leads are
 zeroed). Every weight and every dropout mask can be drawn from a caller-owned generator (``generator=``,
 :func:`ecgmodel.models.dropout.set_dropout_generator`).

@@ -2,7 +2,7 @@
 
 ``ecgssl finetune --task arrhythmia27|localization|ptbxl-superclass --store PATH --init random|URI --fraction F
 --seed S [--mode full|linear] [--arch-from URI] [--set key=value]``. A random init needs ``--arch-from`` (the
-pretrained encoder it is compared with, so both have one architecture) or explicit ``--set encoder.*`` keys. ``--init`` takes ``random`` or a pretrained encoder reference
+pretrained encoder it is compared with, so both have one architecture) or explicit ``--set encoder.*`` keys. ``--init`` takes ``random``, ``supervised`` (the xresnet1d reference arm, full mode only) or a pretrained encoder reference
 (checkpoint path, MLflow run id, ``runs:/...``, ``models:/ecgssl-encoder/N``). Every key of
 :class:`ecgmodel.downstream.config.FinetuneConfig` can be set with ``--set`` (e.g. ``--set optim.epochs=5``).
 """
@@ -43,7 +43,7 @@ def finetune_flow(
             "a random init needs the architecture it is compared with: pass --arch-from ENCODER (the pretrained "
             "encoder's reference) or set the architecture explicitly (--set encoder.d_model=... encoder.n_layers=...)"
         )
-    name = cell_name("random" if cfg.init == "random" else "ssl", cfg.mode, cfg.fraction, cfg.seed)
+    name = cell_name(cfg.init if cfg.init in ("random", "supervised") else "ssl", cfg.mode, cfg.fraction, cfg.seed)
     out = out_dir or str(Path("runs") / "finetune" / f"{task}-{name}-{config_hash(cfg)}")
     return finetune_task(cfg.model_dump(mode="json"), out, None, name)
 
@@ -62,6 +62,11 @@ def _parse_set(items: list[str] | None) -> dict | None:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    if args.init == "supervised" and args.mode != "full":
+        from ecgmodel.errors import UserError
+
+        raise UserError(f"--init supervised --mode {args.mode}: the supervised xresnet1d arm trains from scratch, "
+                        "full mode only", fix=f"ecgssl finetune --store {args.store} --init supervised --mode full")
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
         overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from,
@@ -75,7 +80,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--task", choices=["arrhythmia27", "localization", "ptbxl-superclass"], default="arrhythmia27")
     p.add_argument("--store", required=True, help="path of the ecgssl store")
-    p.add_argument("--init", default="random", help="random, or a pretrained encoder reference")
+    p.add_argument("--init", default="random",
+                   help="random, supervised (xresnet1d from scratch, full mode), or a pretrained encoder reference")
     p.add_argument("--arch-from", default=None, help="random init: the encoder whose architecture it copies")
     p.add_argument("--fraction", type=float, default=1.0, help="share of the training labels used, (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the label subset and the training")

@@ -94,7 +94,7 @@ def predict_records(
     probs: list[np.ndarray] = []
     for x, present in crop_batches(data, windows, starts, input_samples, batch_size):
         probs.append(probabilities(model(x.to(device), present.to(device)).float(), multilabel).cpu().numpy())
-    crop_probs = np.concatenate(probs) if probs else np.zeros((0, model.head.out_features))
+    crop_probs = np.concatenate(probs) if probs else np.zeros((0, int(model.n_classes)))
     owner = data.record_index[windows] if len(windows) else np.zeros(0, np.int64)
     return aggregate_crops(crop_probs, owner, data.n_records, aggregate)
 
@@ -140,7 +140,7 @@ class FeatureCache:
                 self._rows.popitem(last=False)
 
 
-#: the process-wide cache the linear probe uses (``finetune`` with ``linear_features="cached"``)
+#: the process-wide cache the linear probe uses (``finetune`` with ``mode="linear"``)
 FEATURE_CACHE = FeatureCache()
 
 
@@ -169,24 +169,26 @@ def _window_digests(data: WindowSet) -> list[bytes]:
 
 @torch.no_grad()
 def embed_crops(encoder: torch.nn.Module, data: WindowSet, input_samples: int, batch_size: int = 64,
-                device: torch.device | str = "cpu", cache: FeatureCache | None = None) -> CropFeatures:
-    """Embed every crop tiling ``data`` once with a frozen encoder (eval mode): the features a linear probe reads.
-    With ``cache``, crops embedded before by the same encoder (same weights, same window content) are reused."""
+                device: torch.device | str = "cpu", cache: FeatureCache | None = None,
+                pooling: str = "mean") -> CropFeatures:  # fmt: skip
+    """Embed every crop tiling ``data`` once with a frozen encoder (eval mode): the features a linear probe reads
+    (``pooling`` as :meth:`ecgmodel.models.encoder.Encoder.embed`). With ``cache``, crops embedded before by the
+    same encoder (same weights, same window content, same pooling) are reused."""
     was_training = encoder.training
     encoder.eval()
     windows, starts = tile_crops(data, input_samples)
-    out_dim = int(getattr(encoder, "out_dim", 0))
+    out_dim = int(getattr(encoder, "out_dim", 0)) * (2 if pooling == "meanmax" else 1)
     rows: list[torch.Tensor | None] = [None] * len(windows)
     keys: list[tuple] = []
     if cache is not None and len(windows):
         fp = encoder_fingerprint(encoder)
         digests = _window_digests(data)
-        keys = [(fp, digests[w], int(s), input_samples) for w, s in zip(windows, starts, strict=True)]
+        keys = [(fp, digests[w], int(s), input_samples, pooling) for w, s in zip(windows, starts, strict=True)]
         rows = [cache.get(k) for k in keys]
     todo = np.array([i for i, r in enumerate(rows) if r is None], dtype=np.int64)
     done = 0
     for x, present in crop_batches(data, windows[todo], starts[todo], input_samples, batch_size):
-        f = encoder.embed(x.to(device), present.to(device)).float().cpu()
+        f = encoder.embed(x.to(device), present.to(device), pooling=pooling).float().cpu()
         for j in range(len(f)):
             i = int(todo[done + j])
             rows[i] = f[j].clone()

@@ -1,4 +1,5 @@
-"""Models: the spatio-temporal transformer encoder (and a 1-D ResNet alternative) plus pretext heads.
+"""Models: the spatio-temporal transformer encoder (and a 1-D ResNet alternative) plus pretext heads; the
+supervised reference CNN (:mod:`.xresnet1d`); generator-driven dropout (:mod:`.dropout`).
 
 Stable API used by fine-tuning::
 

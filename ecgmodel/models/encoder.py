@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ecgmodel.models.dropout import SeededDropout, keep_mask
+
 
 class EncoderConfig(BaseModel):
     """Architecture of the encoder. Stored with every checkpoint; ``load_encoder`` rebuilds from it."""
@@ -78,13 +80,20 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.dropout_generator: torch.Generator | None = None  # see ecgmodel.models.dropout
+        self.resid_drop = SeededDropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if p > 0 and self.dropout_generator is not None:
+            # the fused kernel draws its dropout mask from the global generator: spell attention out instead
+            att = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
+            y = (att * keep_mask(att.shape, p, self.dropout_generator, att.device, att.dtype)) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, N, C)
         return self.resid_drop(self.proj(y))
 
@@ -95,7 +104,7 @@ class MLP(nn.Module):
         hidden = int(cfg.mlp_ratio * cfg.d_model)
         self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = SeededDropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -142,9 +151,12 @@ class ResBlock1d(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Lead x time token encoder. See the module docstring for the contract."""
+    """Lead x time token encoder. See the module docstring for the contract.
 
-    def __init__(self, cfg: EncoderConfig):
+    ``generator``: every weight is (re)initialised with ``torch.nn.init`` drawing from it (None: torch's global
+    generator), so an encoder built in one thread does not depend on what other threads draw."""
+
+    def __init__(self, cfg: EncoderConfig, generator: torch.Generator | None = None):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -162,22 +174,33 @@ class Encoder(nn.Module):
         self.slot_embed = nn.Parameter(torch.zeros(cfg.n_leads, d))
         self.mask_token = nn.Parameter(torch.zeros(d))
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
-        self.apply(self._init_weights)
-        nn.init.normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.slot_embed, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        if cfg.arch == "transformer":
-            # GPT-2 style scaled init of residual projections
-            for name, p in self.named_parameters():
-                if name.endswith("proj.weight"):
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        self.reset_parameters(generator)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """All weights from ``generator``: linear N(0, 0.02) (GPT-2 scaled for residual projections), convolutions
+        torch's default (kaiming uniform, a=sqrt(5)), embeddings N(0, 0.02), norms 1 / 0."""
+        g = generator
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=g)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.Conv1d):
+                    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=g)
+                    if module.bias is not None:
+                        bound = 1 / math.sqrt(module.weight[0].numel())
+                        nn.init.uniform_(module.bias, -bound, bound, generator=g)
+                elif isinstance(module, nn.LayerNorm | nn.BatchNorm1d):
+                    module.reset_parameters()  # ones / zeros: no randomness
+            nn.init.normal_(self.pos_embed, std=0.02, generator=g)
+            nn.init.normal_(self.slot_embed, std=0.02, generator=g)
+            nn.init.normal_(self.mask_token, std=0.02, generator=g)
+            if self.cfg.arch == "transformer":
+                # GPT-2 style scaled init of residual projections
+                for name, p in self.named_parameters():
+                    if name.endswith("proj.weight"):
+                        nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layers), generator=g)
 
     @property
     def out_dim(self) -> int:
@@ -223,17 +246,35 @@ class Encoder(nn.Module):
                 tok = block(tok)
         return self.ln_f(tok)
 
-    def embed(self, x: torch.Tensor, lead_present: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled features (B, out_dim): mean over all tokens (of present leads when ``lead_present`` is given)."""
+    def embed(self, x: torch.Tensor, lead_present: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
+        """Pooled features over all tokens (of present leads when ``lead_present`` is given): ``pooling="mean"``
+        -> (B, out_dim); ``"meanmax"`` -> (B, 2 * out_dim), the mean then the per-feature max (the linear probe's
+        features, :data:`POOLINGS`)."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r} (use one of {POOLINGS})")
         tok = self(x)
         if lead_present is None:
-            return tok.mean(dim=(1, 2))
+            mean = tok.mean(dim=(1, 2))
+            return mean if pooling == "mean" else torch.cat([mean, tok.amax(dim=(1, 2))], dim=-1)
         w = lead_present.to(tok.dtype)[:, :, None, None]
-        return (tok * w).sum(dim=(1, 2)) / (w.sum(dim=(1, 2)) * tok.shape[2]).clamp_min(1)
+        mean = (tok * w).sum(dim=(1, 2)) / (w.sum(dim=(1, 2)) * tok.shape[2]).clamp_min(1)
+        if pooling == "mean":
+            return mean
+        absent = ~lead_present.bool()[:, :, None, None]
+        peak = tok.masked_fill(absent, float("-inf")).amax(dim=(1, 2))
+        return torch.cat([mean, torch.nan_to_num(peak, neginf=0.0)], dim=-1)
+
+    def pooled_dim(self, pooling: str = "mean") -> int:
+        return self.out_dim * (2 if pooling == "meanmax" else 1)
 
 
-def build_encoder(cfg: EncoderConfig | dict) -> Encoder:
-    """Build an :class:`Encoder` from its config (a model or a plain dict as stored in checkpoints)."""
+#: token poolings of :meth:`Encoder.embed`: mean over tokens (fine-tuning), mean and max concatenated (linear probe)
+POOLINGS = ("mean", "meanmax")
+
+
+def build_encoder(cfg: EncoderConfig | dict, generator: torch.Generator | None = None) -> Encoder:
+    """Build an :class:`Encoder` from its config (a model or a plain dict as stored in checkpoints); weights drawn
+    from ``generator`` (None: torch's global generator)."""
     if not isinstance(cfg, EncoderConfig):
         cfg = EncoderConfig.model_validate(cfg)
-    return Encoder(cfg)
+    return Encoder(cfg, generator)

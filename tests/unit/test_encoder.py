@@ -86,3 +86,55 @@ def test_masked_patches_are_hidden_but_keep_their_place(attention):
     assert torch.allclose(r0, r1, atol=1e-5) and torch.allclose(l0, l1, atol=1e-5)
     assert not torch.allclose(tok[:, 0, 0], tok[:, 1, 0]) and not torch.allclose(tok[:, 0, 0], tok[:, 0, 1])
 
+
+
+@pytest.mark.parametrize("arch", ["transformer", "resnet1d"])
+def test_weights_come_from_the_given_generator(arch):
+    cfg = EncoderConfig(arch=arch, d_model=16, n_layers=1, n_heads=2, input_samples=500, patch_size=50)
+    a = build_encoder(cfg, torch.Generator().manual_seed(5))
+    torch.manual_seed(0)  # the global generator must not matter
+    b = build_encoder(cfg, torch.Generator().manual_seed(5))
+    c = build_encoder(cfg, torch.Generator().manual_seed(6))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_meanmax_pooling_ignores_absent_leads():
+    cfg = EncoderConfig(d_model=16, n_layers=1, n_heads=2, input_samples=500, patch_size=50)
+    enc = build_encoder(cfg).eval()
+    x = torch.randn(2, 12, 500)
+    present = torch.ones(2, 12, dtype=torch.bool)
+    present[0, 3:] = False
+    with torch.no_grad():
+        z = enc.embed(x, present, pooling="meanmax")
+        tok = enc(x)
+    assert z.shape == (2, 32) and enc.pooled_dim("meanmax") == 32
+    torch.testing.assert_close(z[0, :16], tok[0, :3].mean(dim=(0, 1)))
+    torch.testing.assert_close(z[0, 16:], tok[0, :3].amax(dim=(0, 1)))
+    torch.testing.assert_close(z[1, 16:], tok[1].amax(dim=(0, 1)))
+    torch.testing.assert_close(enc.embed(x, present)[0], z[0, :16])
+    with pytest.raises(ValueError, match="pooling"):
+        enc.embed(x, present, pooling="median")
+
+
+def test_seeded_dropout_draws_from_its_generator_only():
+    from ecgmodel.models.dropout import SeededDropout, set_dropout_generator
+
+    cfg = EncoderConfig(d_model=16, n_layers=1, n_heads=2, input_samples=500, patch_size=50, dropout=0.3)
+    enc = build_encoder(cfg, torch.Generator().manual_seed(0)).train()
+    x = torch.randn(2, 12, 500)
+    outs = []
+    for global_seed in (1, 2):
+        set_dropout_generator(enc, torch.Generator().manual_seed(9))
+        torch.manual_seed(global_seed)
+        outs.append(enc(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    set_dropout_generator(enc, torch.Generator().manual_seed(10))
+    assert not torch.allclose(enc(x), outs[0])  # the masks are real
+    enc.eval()
+    torch.testing.assert_close(enc(x), enc(x), rtol=0, atol=0)
+    d = SeededDropout(0.5).train()
+    d.generator = torch.Generator().manual_seed(0)
+    y = d(torch.ones(10_000))
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0} and abs(float(y.mean()) - 1.0) < 0.05

@@ -1,5 +1,5 @@
-"""The cached linear probe: frozen-encoder crop embeddings computed once give the same record predictions as the
-model's own forward pass over the same tiling crops, and training on them leaves the encoder untouched."""
+"""The linear probe's cached features: frozen-encoder crop embeddings (mean or mean+max pooled) computed once give the
+same record predictions as the model's own forward pass over the same tiling crops."""
 
 from __future__ import annotations
 
@@ -38,20 +38,21 @@ def window_set(seed: int = 0) -> WindowSet:
     return WindowSet(signal, present, valid, record_index, y, records)
 
 
-@pytest.mark.parametrize("multilabel,aggregate", [(True, "mean"), (True, "max"), (False, "mean")])
-def test_cached_features_predict_like_the_model(multilabel, aggregate):
+@pytest.mark.parametrize("multilabel,aggregate,pooling",
+                         [(True, "mean", "meanmax"), (True, "max", "mean"), (False, "mean", "meanmax")])  # fmt: skip
+def test_cached_features_predict_like_the_model(multilabel, aggregate, pooling):
     torch.manual_seed(0)
-    model = DownstreamModel(build_encoder(TINY), n_classes=3, mode="linear", dropout=0.5)
-    torch.nn.init.normal_(model.head.weight, std=1.0)  # a head that makes the outputs differ between records
+    model = DownstreamModel(build_encoder(TINY), n_classes=3, mode="linear", dropout=0.5, pooling=pooling)
+    torch.nn.init.normal_(model.head.weight, std=0.3)  # a head that makes the outputs differ between records
     ws = window_set()
     direct = predict_records(model, ws, TINY.input_samples, multilabel, batch_size=3, aggregate=aggregate)
-    feats = embed_crops(model.encoder, ws, TINY.input_samples, batch_size=4)
+    feats = embed_crops(model.encoder, ws, TINY.input_samples, batch_size=4, pooling=pooling)
     cached = predict_from_features(model.head, feats, multilabel, aggregate=aggregate)
     windows, _ = tile_crops(ws, TINY.input_samples)
     assert len(feats.features) == len(windows) > len(ws.signal)  # several crops tile the longer windows
-    assert feats.features.shape[1] == model.encoder.out_dim
+    assert feats.features.shape[1] == model.encoder.out_dim * (2 if pooling == "meanmax" else 1)
     np.testing.assert_allclose(cached, direct, atol=1e-5)
-    assert not np.allclose(cached[0], cached[1])  # a real comparison, not constant outputs
+    assert not np.allclose(cached, cached[:1])  # a real comparison, not constant outputs
 
 
 def test_embed_crops_restores_the_encoder_mode_and_handles_empty_sets():
@@ -105,6 +106,9 @@ def test_feature_cache_reuses_only_identical_encoder_and_window_content():
     moved = embed_crops(encoder, ws, TINY.input_samples, cache=cache)
     assert cache.misses == 2 * n + crops_of_window0
     assert not torch.allclose(moved.features, plain.features)
+    # another pooling of the same crops is another feature
+    embed_crops(encoder, ws, TINY.input_samples, cache=cache, pooling="meanmax")
+    assert cache.misses == 3 * n + crops_of_window0
     small = FeatureCache(max_crops=3)
     embed_crops(encoder, ws, TINY.input_samples, cache=small)
     assert len(small._rows) == 3

@@ -23,8 +23,8 @@ validation macro AUROC at 100 % and at 10 % of the labels; the chosen length is 
 the initialisation, is a random-init reference) with the highest ``score`` rounded to 3 decimals; ties go to
 fewer steps.
 
-The probe: standardised mean+max token pooling over present leads, one L2 logistic regression per class
-(scikit-learn, L-BFGS); ``ecgmodel.downstream.probe.fit_probe`` is used when the library has it.
+The probe: the library's (``ecgmodel.downstream.probe``): standardised mean+max token pooling over present leads,
+one L2 logistic regression per class (scikit-learn, L-BFGS), here without class weights (AUROC is rank-based).
 Resumable: every finished (seed, step) row is appended to ``rows.jsonl`` under the output folder and skipped on
 re-runs; pretraining resumes from its checkpoints.
 """
@@ -136,51 +136,23 @@ def probe_data(store, split_cfg) -> dict[str, Any]:
     return out
 
 
-@torch.no_grad()
 def crop_features(encoder, data, input_samples: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Mean+max pooled token features (n_crops, 2 d) of every crop tiling ``data`` and each crop's record."""
-    from ecgmodel.downstream.evaluate import crop_batches, tile_crops
-    from ecgmodel.embed import pool
+    """The linear probe's features (``PROBE_POOLING``: mean+max over present-lead tokens) of every crop tiling
+    ``data``, and each crop's record."""
+    from ecgmodel.downstream.evaluate import embed_crops
+    from ecgmodel.downstream.probe import PROBE_POOLING
 
-    was = encoder.training
-    encoder.eval()
-    windows, starts = tile_crops(data, input_samples)
-    feats = [pool(encoder(x), present, "mean-max").float().numpy()
-             for x, present in crop_batches(data, windows, starts, input_samples, batch_size)]  # fmt: skip
-    encoder.train(was)
-    return np.concatenate(feats).astype(np.float64), data.record_index[windows]
+    f = embed_crops(encoder, data, input_samples, batch_size, "cpu", pooling=PROBE_POOLING)
+    return f.features.numpy().astype(np.float64), f.owner
 
 
 def _fit(X: np.ndarray, Y: np.ndarray, C: float, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (K, F), bias (K,)) of one standardised L2 logistic regression per class, in raw feature space."""
-    try:  # the library's probe when it exists (same model: scaler + per-class L-BFGS logistic regression)
-        from ecgmodel.downstream.probe import fit_probe
+    """(weight (K, F), bias (K,)) of the library's probe (standardised L2 logistic regression per class, no
+    class weights: AUROC is rank-based), in raw feature space."""
+    from ecgmodel.downstream.probe import fit_probe
 
-        fit = fit_probe(X, Y, True, Y.shape[1], C, np.ones(Y.shape[1]), max_iter, 1e-4)
-        return fit.weight, fit.bias
-    except ImportError:
-        pass
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    sc = StandardScaler().fit(X)
-    Z = sc.transform(X)
-    W, b = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
-    for k in range(Y.shape[1]):
-        yk = Y[:, k].astype(bool)
-        if yk.all() or not yk.any():
-            p = min(max(float(yk.mean()), 1e-4), 1 - 1e-4)
-            b[k] = math.log(p / (1 - p))
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            m = LogisticRegression(C=C, max_iter=max_iter).fit(Z, yk)
-        W[k], b[k] = m.coef_[0], m.intercept_[0]
-    W = W / sc.scale_[None, :]
-    return W, b - W @ sc.mean_
+    fit = fit_probe(X, Y, True, Y.shape[1], C, np.ones(Y.shape[1]), max_iter, 1e-4)
+    return fit.weight, fit.bias
 
 
 def _record_probs(X, owner, n_records, W, b) -> np.ndarray:

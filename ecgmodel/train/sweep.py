@@ -415,8 +415,10 @@ def _log_mlflow(cfg: SweepConfig, table: pd.DataFrame, chosen: int, out: Path, s
     return {"parent_run_id": parent, "child_run_ids": children}
 
 
-def markdown_report(table: pd.DataFrame, cfg: SweepConfig, plot_name: str, command: str = "") -> str:
-    """The results page, generated from the sweep table."""
+def markdown_report(table: pd.DataFrame, cfg: SweepConfig, plot_name: str, command: str = "",
+                    compare: dict[str, pd.DataFrame] | None = None) -> str:  # fmt: skip
+    """The results page, generated from the sweep table (and the tables of other sweeps in ``compare``:
+    label -> table, e.g. complete cosine runs at single lengths)."""
     chosen = choose_length(table)
     s = score_by_step(table)
     lines = ["# Pretraining length chosen on validation", "",
@@ -443,6 +445,21 @@ def markdown_report(table: pd.DataFrame, cfg: SweepConfig, plot_name: str, comma
     for _, r in table.iterrows():
         lines.append(f"| {int(r['step'])} | {int(r['seed'])} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     lines += ["", "## Read from the table", ""] + findings(table)
+    if compare:
+        lines += ["", "## Other schedules at single lengths", "",
+                  "Each row: a complete run of that schedule and length, scored by the same probe; beside it the "
+                  "sweep's checkpoint of the same seed and length.", "",
+                  "| run | seed | steps | val AUROC 100 % | val AUROC 10 % | sweep 100 % | sweep 10 % |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        ref = table.set_index(["seed", "step"])
+        for label, t in compare.items():
+            for _, r in t.sort_values(["step", "seed"]).iterrows():
+                key = (int(r["seed"]), int(r["step"]))
+                mine = ref.loc[key] if key in ref.index else None
+                cells = [f"{mine[c]:.3f}" if mine is not None and c in mine else "-"
+                         for c in ("val_auroc_100", "val_auroc_10")]  # fmt: skip
+                lines.append(f"| {label} | {key[0]} | {key[1]} | {r.get('val_auroc_100', float('nan')):.3f} | "
+                             f"{r.get('val_auroc_10', float('nan')):.3f} | {cells[0]} | {cells[1]} |")
     if command:
         lines += ["", "Reproduce:", "", "```bash", command, "```"]
     return "\n".join(lines) + "\n"

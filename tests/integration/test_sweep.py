@@ -89,8 +89,9 @@ def test_sweep_writes_table_plot_page_and_never_reads_test(tmp_path, physionet_m
     assert not set(meta.iloc[sorted(set(read))]["record"].astype(str)) & test_recs
     # re-running resumes (every (seed, step) is already scored) and logs one MLflow parent with a child per seed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert main([a for a in argv if a != "--no-mlflow"]) == 0
+    assert main([a for a in argv if a != "--no-mlflow"] + ["--compare", f"again={out}"]) == 0
     assert len(pd.read_csv(out / "sweep.csv")) == 6
+    assert "| again | 0 | 2 |" in page.read_text()  # another sweep's rows listed beside this one's
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["ecgssl-sweep"], output_format="list")
@@ -99,3 +100,10 @@ def test_sweep_writes_table_plot_page_and_never_reads_test(tmp_path, physionet_m
     assert len(parent) == 1 and len(children) == 2
     assert parent[0].data.metrics["chosen_steps"] == chosen
     assert all("val_auroc_100" in c.data.metrics and "eval_lead_ce" in c.data.metrics for c in children)
+
+
+def test_sweep_bad_compare_is_one_line(tmp_path, capsys):
+    argv = ["sweep", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--compare", f"x={tmp_path / 'none'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--compare" in err and "ecgssl sweep" in err and "Traceback" not in err

@@ -34,7 +34,7 @@ def _handler(args: argparse.Namespace) -> int:
         raise UserError(f"ecgssl sweep: {str(exc).splitlines()[0]} ({exc})", "ecgssl sweep --help") from None
     compare = {}
     for spec in args.compare or []:
-        label, _, folder = spec.partition("=")
+        label, _, folder = spec.rpartition("=")
         table = Path(folder) / TABLE_FILE
         if not folder or not table.is_file():
             raise UserError(f"--compare {spec}: no {TABLE_FILE} in {folder!r} (rule: LABEL=DIR of a finished "

@@ -1,5 +1,5 @@
 """``PretrainConfig``: every key of a pretraining run, documented; presets ``smoke`` (tests, demo), ``cpu``
-(best representation in ~15 min on 2 cores) and ``base`` (GPU)."""
+(2 cores; its length chosen on validation: docs/results/pretraining-length.md) and ``base`` (GPU)."""
 
 from __future__ import annotations
 
@@ -140,15 +140,16 @@ PRESETS: dict[str, dict] = {
         "optim": {"max_steps": 200, "lr": 2e-3, "warmup_steps": 10},
         "run": {"log_every": 10, "ckpt_every": 100},
     },
-    # CPU, inside ~15 min on 2 idle cores over the shared mirror (measured: 800 steps in 626 s on its train
-    # split): 5 s crops (context for same-time spans), 12 x 50 tokens, divided attention. Choice and
-    # measurements: docs/evidence.md.
+    # CPU, over the shared mirror: 5 s crops (context for same-time spans), 12 x 50 tokens, divided attention
+    # (choice and measurements: docs/evidence.md; 0.78 s/step on 2 idle cores). Length: the validation-best
+    # point of the pretraining-length sweep (ecgssl sweep, docs/results/pretraining-length.md): 200 steps; longer
+    # runs lower the validation probe.
     "cpu": {
         "encoder": {"input_samples": 2500, "patch_size": 50, "d_model": 64, "n_layers": 3, "n_heads": 4,
                     "attention": "divided"},
         "ssl": {"mask_mode": "mixed", "mask_time_share": 0.5},
         "data": {"batch_size": 32},
-        "optim": {"max_steps": 800, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 40},
+        "optim": {"max_steps": 200, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 40},
         "run": {"log_every": 25, "ckpt_every": 100},
     },
     # GPU-sized: ~50M params, 5 s crops, 1200 tokens (patch 25), bf16. Divided attention (time within a lead,

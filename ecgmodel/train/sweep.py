@@ -371,7 +371,7 @@ def plot_sweep(table: pd.DataFrame, path: str | Path, chosen: int | None = None)
     axes[1].set(title="masked reconstruction MSE", xlabel="pretraining steps")
     axes[2].set(title="lead-number cross-entropy", xlabel="pretraining steps")
     for ax in axes:
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=100)  # step 0 (the initialisation) stays on the axis
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)

@@ -1,6 +1,9 @@
-"""The ``cpu`` preset: valid, distinct from ``smoke``, trains with the mixed mask and resumes exactly."""
+"""The ``cpu`` preset: valid, distinct from ``smoke``, trains with the mixed mask and resumes exactly; its length is
+the one the pretraining-length sweep chose on validation."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,14 @@ def test_cpu_preset_is_its_own():
     assert cpu.encoder != smoke.encoder and cpu.ssl.mask_mode != "lead"
     assert smoke.ssl.mask_mode == "lead"  # smoke keeps the behaviour tests and the demo were written for
     assert set(PRESETS) >= {"smoke", "cpu", "base"}
+
+
+def test_cpu_preset_length_is_the_one_validation_chose():
+    page = Path(__file__).resolve().parents[2] / "docs" / "results" / "pretraining-length.md"
+    chosen = re.search(r"\*\*Chosen length: (\d+) steps\.\*\*", page.read_text())
+    assert chosen, f"{page}: no 'Chosen length' line (regenerate it: ecgssl sweep ... --markdown {page})"
+    assert preset("cpu").optim.max_steps == int(chosen.group(1))
+    assert "Preset `cpu`" in page.read_text()
 
 
 def test_cpu_preset_resumes_exactly(store, tmp_path):

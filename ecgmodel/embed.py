@@ -199,6 +199,43 @@ def embed_store(
     return {p: table.assign(vector=list(vectors[:, dims[i] : dims[i + 1]])) for i, p in enumerate(pools)}
 
 
+@torch.no_grad()
+def embed_windows(
+    encoder: Encoder,
+    input_samples: int,
+    signal: np.ndarray,
+    lead_present: np.ndarray,
+    valid_length: np.ndarray,
+    record_index: np.ndarray,
+    n_records: int,
+    *,
+    pooling: Pooling = DEFAULT_POOLING,
+    batch_size: int = 32,
+    device: str = "cpu",
+    min_std_uv: float = 10.0,
+) -> np.ndarray:
+    """float32 (n_records, dim) from in-memory windows: int16 ``signal`` (W, 12, T), ``lead_present`` (W, 12),
+    ``valid_length`` (W,), ``record_index`` (W,) -> the same crops, standardisation, pooling and mean over a
+    record's crops as :func:`embed_store` (used for files that are not in a store: ``ecgssl embed --input``)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+    window = signal.shape[-1]
+    crops = [(w, s) for w in range(len(signal)) for s in crop_starts(int(valid_length[w]), window, input_samples)]
+    feats = []
+    for begin in range(0, len(crops), batch_size):
+        part = crops[begin : begin + batch_size]
+        xs = np.stack([signal[w, :, s : s + input_samples] for w, s in part])
+        x = standardize(torch.from_numpy(xs).to(device), min_std_uv)
+        lp = torch.from_numpy(np.asarray(lead_present)[[w for w, _ in part]]).to(device)
+        feats.append(pool(encoder(x), lp, pooling).float().cpu().numpy())
+    f = np.concatenate(feats)
+    owner = np.asarray(record_index)[[w for w, _ in crops]]
+    sums = np.zeros((n_records, f.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, f)
+    counts = np.bincount(owner, minlength=n_records)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
 def _pool_dim(pooling: str, cfg: EncoderConfig) -> int:
     return {"mean": 1, "mean-max": 2, "lead-mean": cfg.n_leads}[pooling] * cfg.d_model
 

@@ -250,7 +250,7 @@ def write_embeddings(table: pd.DataFrame, path: str | Path, metadata: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     dim = len(table["vector"].iloc[0]) if len(table) else 0
     flat = np.concatenate(table["vector"].to_list()).astype(np.float32) if len(table) else np.zeros(0, np.float32)
-    cols = {c: pa.array(table[c].to_numpy()) for c in COLUMNS if c != "vector"}
+    cols = {c: pa.array(table[c].to_numpy()) for c in table.columns if c != "vector"}
     cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
     tbl = pa.table(cols)
     tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}),
@@ -275,7 +275,7 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict[st
 
 
 def embed_to_file(
-    store: str | Path,
+    store: str | Path | None,
     out: str | Path,
     encoder: str | Path | None = None,
     *,
@@ -286,11 +286,18 @@ def embed_to_file(
     batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    inputs: Sequence[str | Path] | None = None,
 ) -> dict:
-    """``ecgssl embed``: embed ``store`` with ``encoder`` (or, with ``random``, a seeded random encoder of the
+    """``ecgssl embed``: embed ``store`` (or the WFDB/EDF files, folders and stores of ``inputs``: columns record,
+    input, n_windows, warnings, error, vector; see :func:`ecgmodel.predict.embed_inputs`) with ``encoder`` (or, with ``random``, a seeded random encoder of the
     architecture of ``encoder``/``arch``, or of the ``cpu`` preset when neither is given) into ``out``.
     Returns a small summary (records, dim, seconds)."""
     t0 = time.perf_counter()
+    if inputs:
+        return _embed_inputs_to_file(inputs, out, encoder, random=random, arch=arch, seed=seed, pooling=pooling,
+                                     batch_size=batch_size, device=device, threads=threads, t0=t0)  # fmt: skip
+    if store is None:
+        raise ValueError("give a store or inputs to embed")
     if random:
         ref = arch or encoder
         if ref is None:
@@ -309,3 +316,32 @@ def embed_to_file(
     return {"out": str(out), "records": len(table), "dim": len(table["vector"].iloc[0]),
             "crops": int(table["n_crops"].sum()), "seconds": round(time.perf_counter() - t0, 2), "encoder": source,
             "pooling": pooling}
+
+
+def _embed_inputs_to_file(inputs, out, encoder, *, random, arch, seed, pooling, batch_size, device, threads,
+                          t0) -> dict:
+    from ecgmodel.predict import LoadedModel, embed_inputs, load_model
+    from ecgmodel.serving.contract import Contract
+
+    if threads:
+        torch.set_num_threads(threads)
+    if random:
+        ref = arch or encoder
+        if ref is None:
+            from ecgmodel.train.config import preset
+
+            ref = preset("cpu").encoder
+        enc, cfg = random_encoder(ref, seed)
+        model = LoadedModel("encoder", enc.eval(), Contract(kind="encoder", input_samples=cfg.input_samples,
+                                                            pooling=pooling), f"random(seed={seed})")  # fmt: skip
+    else:
+        if encoder is None:
+            raise ValueError("give --encoder (a path, run id, runs:/ or models:/ URI), or --random")
+        model = load_model(str(encoder))
+    table = embed_inputs(model, [str(p) for p in inputs], pooling, batch_size or default_batch_size(device), device)
+    write_embeddings(table, out, {"encoder": model.source, "pooling": pooling,
+                                  "inputs": ";".join(str(p) for p in inputs)})  # fmt: skip
+    ok = table["error"] == ""
+    return {"out": str(out), "records": len(table), "embedded": int(ok.sum()), "unusable": int((~ok).sum()),
+            "dim": len(table["vector"].iloc[0]) if len(table) else 0, "seconds": round(time.perf_counter() - t0, 2),
+            "encoder": model.source, "pooling": pooling}

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
     "flows.embed",      # embed
+    "flows.predict",    # predict
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
 ]

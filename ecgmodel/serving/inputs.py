@@ -23,7 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgmodel.data.signal import LEADS, QC_CLIP, QC_FLAT, QC_IMPLAUSIBLE, QC_NAN, LeadError, harmonise, to_int16_uv
+from ecgmodel.data.signal import (
+    LEADS,
+    QC_CLIP,
+    QC_FLAT,
+    QC_IMPLAUSIBLE,
+    QC_NAN,
+    LeadError,
+    harmonise,
+    to_int16_uv,
+)
 from ecgmodel.data.signal import windows as cut_windows
 from ecgmodel.data.wfdb_io import UNIT_TO_MV, RecordError, read_header, read_signal
 from ecgmodel.errors import UserError

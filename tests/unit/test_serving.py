@@ -6,33 +6,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers_models import ARCH, write_model_pt
 from helpers_store import DATA, bundled_store
 
-from ecgmodel.data import labels as L
 from ecgmodel.data.store import open_store
-from ecgmodel.downstream.model import DownstreamModel
 from ecgmodel.embed import embed_store, random_encoder
 from ecgmodel.serving.contract import Contract
-from ecgmodel.serving.inputs import expand_inputs, from_model_input, prepare_inputs, prepare_store, to_model_input
+from ecgmodel.serving.inputs import (
+    expand_inputs,
+    from_model_input,
+    prepare_inputs,
+    prepare_store,
+    to_model_input,
+)
 from ecgmodel.train.checkpoint import save_encoder
-
-ARCH = {"input_samples": 1000, "patch_size": 50, "d_model": 16, "n_layers": 1, "n_heads": 2, "attention": "divided"}
-
-
-def write_model_pt(path: Path, task: str = "arrhythmia27", seed: int = 0) -> Path:
-    """A fine-tuned-model file in the format ``finetune`` writes (random weights, real classes)."""
-    enc, cfg = random_encoder(ARCH, seed)
-    classes = L.merged_scored_codes()
-    torch.manual_seed(seed)
-    model = DownstreamModel(enc, len(classes), "full")
-    torch.nn.init.normal_(model.head.weight, std=0.5)
-    thr = [float(t) for t in np.linspace(0.3, 0.7, len(classes))]
-    torch.save({"format": "ecgssl-downstream", "task": task, "classes": classes, "thresholds": thr,
-                "encoder_config": cfg.model_dump(mode="json"),
-                "finetune_config": {"task": task, "mode": "full", "eval_aggregate": "mean", "optim": {"head_dropout": 0.1}},
-                "state_dict": model.state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ class LoadedModel:
     source: str
 
 
-def _local_folder(uri: str) -> Path:
+def local_model_path(uri: str) -> Path:
     """A local folder (or file) for a model reference; UserError when it cannot be found."""
     if Path(uri).exists():
         return Path(uri)
@@ -63,7 +63,7 @@ def load_model(uri: str | os.PathLike, store_settings: dict[str, Any] | None = N
     from ecgmodel.serving.core import classifier_contract, load_classifier
 
     text = str(uri)
-    local = _local_folder(text)
+    local = local_model_path(text)
     if local.is_file():  # a fine-tuned model.pt, or an encoder / checkpoint file
         try:
             model, meta = load_classifier(local)

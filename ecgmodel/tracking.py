@@ -151,9 +151,10 @@ def register_version(
     return str(mv.version)
 
 
-def apply_gate(name: str, version: str, passed: bool, rule: str, detail: str) -> bool:
+def apply_gate(name: str, version: str, passed: bool, rule: str, detail: str, move_alias: bool = True) -> bool:
     """Record a gate's outcome on a model version (tags ``ecgssl.gate``, ``ecgssl.gate_passed``,
-    ``ecgssl.gate_detail``) and point the :data:`CHAMPION` alias at it only when it passed. Returns ``passed``."""
+    ``ecgssl.gate_detail``) and, with ``move_alias``, point the :data:`CHAMPION` alias at it only when it passed.
+    Returns ``passed``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -161,7 +162,7 @@ def apply_gate(name: str, version: str, passed: bool, rule: str, detail: str) ->
         client.set_model_version_tag(name, version, "ecgssl.gate", rule)
         client.set_model_version_tag(name, version, "ecgssl.gate_passed", str(bool(passed)).lower())
         client.set_model_version_tag(name, version, "ecgssl.gate_detail", detail[:5000])
-        if passed:
+        if passed and move_alias:
             client.set_registered_model_alias(name, CHAMPION, version)
     return bool(passed)
 

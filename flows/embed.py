@@ -4,7 +4,7 @@
 ``--input PATH [PATH ...]`` instead of ``--store`` for your own files (WFDB headers, folders of WFDB/EDF files,
 EDF files, stores; harmonised as ingest does, as ``ecgssl predict`` reads them; columns record, input, n_windows,
 warnings, error, vector - NaN for a record that cannot be used, its reason in ``error``);
-``--random [--seed N]`` embeds with a seeded random encoder of the same architecture (of ``--encoder`` when
+Without ``--encoder`` the registry's ``models:/ecgssl-encoder@champion`` is used. ``--random [--seed N]`` embeds with a seeded random encoder of the same architecture (of ``--encoder`` when
 given, else of the ``cpu`` preset): the baseline of a linear probe. ``--encoder`` takes a checkpoint or encoder
 file, a run folder, an MLflow run id, ``runs:/...`` or ``models:/ecgssl-encoder/N``. Columns: record, source,
 database, split (PTB-XL official split from strat_fold, else empty), fold, patient_id, dx, n_windows, n_crops,
@@ -43,15 +43,20 @@ def embed_flow(
 def _handler(args: argparse.Namespace) -> int:
     from ecgmodel.errors import UserError
 
-    if not args.random and not args.encoder:
-        raise SystemExit("ecgssl embed: give --encoder URI|PATH, or --random (optionally with --encoder for the "
-                         "architecture)")
+    if not args.random and not args.encoder:  # the registry's champion (docs/use.md "Registry")
+        from ecgmodel.tracking import DEFAULT_ENCODER_URI
+
+        args.encoder = DEFAULT_ENCODER_URI
     if (args.store is None) == (not args.input):
         raise UserError("give exactly one of --store STORE or --input PATH ... (rule: one source of records)",
                         "ecgssl embed --encoder URI --input my_ecgs/ --out embeddings.parquet")  # fmt: skip
     if not str(args.out).endswith(".parquet"):
         raise UserError(f"--out {args.out}: embeddings are written as Parquet (rule: a .parquet file)",
                         "ecgssl embed ... --out embeddings.parquet")  # fmt: skip
+    if not args.random and str(args.encoder).startswith(("models:/", "runs:/")):
+        from ecgmodel.predict import local_model_path
+
+        local_model_path(args.encoder)  # an unknown model, version or alias: one line, before Prefect starts
     if args.input:  # expected failures before Prefect starts: a missing input, a model that is not an encoder
         from ecgmodel.predict import load_model
         from ecgmodel.serving.inputs import expand_inputs
@@ -71,7 +76,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="one embedding per record of a store (Parquet), from a frozen encoder",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--encoder", default=None, metavar="URI|PATH",
-                   help="encoder: path, run id, runs:/..., models:/ecgssl-encoder/N (architecture only with --random)")
+                   help="encoder: path, run id, runs:/..., models:/ecgssl-encoder/N (default: models:/ecgssl-encoder@champion; "
+                   "architecture only with --random)")
     p.add_argument("--store", default=None, help="path of the ecgssl store")
     p.add_argument("--input", nargs="+", default=None, metavar="PATH",
                    help="instead of --store: WFDB .hea files, folders of WFDB/EDF files, .edf files, stores")

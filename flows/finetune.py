@@ -6,11 +6,11 @@ pretrained encoder it is compared with, so both have one architecture) or explic
 (checkpoint path, MLflow run id, ``runs:/...``, ``models:/ecgssl-encoder/N``). Every key of
 :class:`ecgmodel.downstream.config.FinetuneConfig` can be set with ``--set`` (e.g. ``--set optim.epochs=5``).
 
-Deployable model: ``ecgssl finetune --from-ablation RUN_ID --register`` trains on all the training labels
-(fraction 1.0) with the init, mode and schedule that ablation (its MLflow parent run) chose on validation, with
-its settings (task, store, overrides), and ``--register`` logs the run as an MLflow pyfunc model with a model card
-and registers it as ``ecgssl-<task>`` (tags: test metrics with the bootstrap CI, the gate's outcome, the ablation
-run). ``--register`` works on any run; only the pipeline moves the ``champion`` alias (docs/use.md "Registry").
+Deployable model: ``ecgssl finetune --from-ablation RUN_ID`` trains on all the training labels (fraction 1.0)
+with the init, mode and schedule that ablation (its MLflow parent run) chose on validation, with its settings
+(task, store, overrides), and registers it. ``--register`` (on any run) logs the run as an MLflow pyfunc model with
+a model card and registers it as ``ecgssl-<task>`` (tags: test metrics with the bootstrap CI, the gate's outcome,
+the ablation run). Only the pipeline moves the ``champion`` alias (docs/use.md "Registry").
 """
 
 from __future__ import annotations

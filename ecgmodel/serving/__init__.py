@@ -7,8 +7,9 @@ your own ECG files.
 * :mod:`ecgmodel.serving.core` - the numerics: windows -> per-record probabilities or embeddings (the crop
   aggregation of evaluation);
 * :mod:`ecgmodel.serving.pyfunc` - the ``mlflow.pyfunc.PythonModel`` wrappers;
-* :mod:`ecgmodel.serving.log` - logging them as MLflow models (signature, input example, contract, classes,
-  thresholds, model card) and registering them.
+* :mod:`ecgmodel.serving.log` - saving and logging them as MLflow models (signature, input example, contract,
+  classes, thresholds, model card);
+* :mod:`ecgmodel.serving.register` - the final classifier of a task, the gates and the ``champion`` alias.
 
 ``docs/use.md`` shows the load / predict / serve round trip and the exact JSON shape.
 """

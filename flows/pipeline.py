@@ -175,7 +175,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     # ablation does not stop the other one; the run ends Failed after its report.
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
-        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation"})
+        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation", "final_models"})
         ablation_cfg["overrides"] = {**ablation_cfg["overrides"],
                                      **{f"split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
         if arms:

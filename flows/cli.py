@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "flows.ablation",   # ablate
     "flows.embed",      # embed
     "flows.predict",    # predict
+    "flows.export",     # export
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
 ]

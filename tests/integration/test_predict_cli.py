@@ -37,9 +37,10 @@ def test_expected_failures_are_one_line(tmp_path, capsys):
 
 @pytest.mark.slow  # two Prefect flow runs (ephemeral server)
 def test_predict_and_embed_a_folder(tmp_path, capsys):
+    from helpers_models import ARCH
+
     from ecgmodel.embed import random_encoder, read_embeddings
     from ecgmodel.train.checkpoint import save_encoder
-    from helpers_models import ARCH
 
     folder = tmp_path / "ecgs"
     folder.mkdir()

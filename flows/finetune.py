@@ -35,10 +35,10 @@ def finetune_flow(
     overrides: dict | None = None,
     out_dir: str | None = None,
     arch_from: str | None = None,
-    register: bool = False,
+    register_model: bool = False,
 ) -> dict:
     """Fine-tune once; returns the run's metrics, its MLflow run id and the artifact folder (and, with
-    ``register``, the registered model: ``registered``)."""
+    ``register_model``, the registered model: ``registered``)."""
     from ecgmodel.config import apply_overrides, config_hash
     from ecgmodel.downstream.config import FinetuneConfig
 
@@ -54,7 +54,7 @@ def finetune_flow(
     name = cell_name("random" if cfg.init == "random" else "ssl", cfg.mode, cfg.fraction, cfg.seed)
     out = out_dir or str(Path("runs") / "finetune" / f"{task}-{name}-{config_hash(cfg)}")
     result = finetune_task(cfg.model_dump(mode="json"), out, None, name)
-    if register:
+    if register_model:
         from ecgmodel.serving.register import register_classifier
 
         result["registered"] = register_classifier(result)
@@ -127,7 +127,7 @@ def _handler(args: argparse.Namespace) -> int:
         raise SystemExit("ecgssl finetune: --store is required (or --from-ablation RUN_ID)")
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
-        overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from, register=args.register,
+        overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from, register_model=args.register,
     )  # fmt: skip
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from helpers_models import DATA, write_model_pt
 
+import flows.embed  # noqa: F401 - Prefect sets up its log handlers on import: on the real stderr, not a test's capture
+import flows.predict  # noqa: F401
 from flows.cli import main
 
 

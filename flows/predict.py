@@ -44,13 +44,16 @@ def _handler(args: argparse.Namespace) -> int:
     from ecgmodel.predict import check_out, load_model
     from ecgmodel.serving.inputs import expand_inputs
 
+    from ecgmodel.errors import UserError
+
     # expected failures first, before Prefect starts: a missing input, an unknown --out format, a foreign model
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1 (crops per forward pass)",
+                        "ecgssl predict ... --batch-size 64")  # fmt: skip
     expand_inputs(args.input)
     if args.out:
         check_out(args.out)
     if load_model(args.model).kind != "classifier":
-        from ecgmodel.errors import UserError
-
         raise UserError(f"--model {args.model} is an encoder: it gives embeddings, not predictions",
                         f"ecgssl embed --encoder {args.model} --input ... --out FILE.parquet")  # fmt: skip
     info = predict_flow(model=args.model, inputs=list(args.input), out=args.out, batch_size=args.batch_size,

@@ -30,6 +30,8 @@ def test_expected_failures_are_one_line(tmp_path, capsys):
     assert "not an ecgssl model" in err and "ecgssl finetune" in err
     err = _one_line(capsys, main(["predict", "--model", str(model), "--input", str(DATA), "--out", "x.xlsx"]))
     assert ".csv or .parquet" in err
+    err = _one_line(capsys, main(["predict", "--model", str(model), "--input", str(DATA), "--batch-size", "0"]))
+    assert "--batch-size 0" in err
     err = _one_line(capsys, main(["predict", "--model", "models:/ecgssl-nothing@champion", "--input", str(DATA)]))
     assert "ecgssl-nothing" in err
     err = _one_line(capsys, main(["embed", "--encoder", str(model), "--input", str(DATA), "--out",

@@ -41,10 +41,9 @@ def predict_flow(model: str, inputs: list[str], out: str | None = None, batch_si
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from ecgmodel.errors import UserError
     from ecgmodel.predict import check_out, load_model
     from ecgmodel.serving.inputs import expand_inputs
-
-    from ecgmodel.errors import UserError
 
     # expected failures first, before Prefect starts: a missing input, an unknown --out format, a foreign model
     if args.batch_size < 1:

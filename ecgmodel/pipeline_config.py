@@ -126,6 +126,11 @@ class AblationSection(BaseModel):
     out_dir: str | None = Field(
         None, description="Folder for the reports, one sub-folder per task (None: runs/ablation/<task>-<hash>)."
     )
+    final_models: bool = Field(
+        True, description="After each ablation, train the task's deployable classifier (all training labels, the "
+        "init and schedule the ablation chose on validation), register it as ecgssl-<task> and move its "
+        "`champion` alias when it passes the gate (docs/use.md); the encoder's alias follows the first task's gate.",
+    )
 
     @field_validator("fractions")
     @classmethod

@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "flows.ablation",   # ablate
     "flows.embed",      # embed
     "flows.labels",     # labels
+    "flows.predict",    # predict
+    "flows.export",     # export
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
 ]

@@ -35,7 +35,7 @@ from ecgmodel.pipeline_config import (  # noqa: F401  (re-exported: the config l
     PretrainSection,
 )
 from ecgmodel.report import mlflow_run_link, render_summary, table_records
-from flows.stages import ablation_stage, ingest_stage, pretrain_stage
+from flows.stages import ablation_stage, final_model_stage, ingest_stage, pretrain_stage
 from tasks.pipeline import (
     experiment_ids,
     file_fingerprint,
@@ -164,7 +164,8 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
             if arm == main_mode:
                 arms[f"ssl-{arm}"] = encoder
                 continue
-            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm})
+            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm,
+                                                    "run.registered_model": f"ecgssl-encoder-{arm}"})
             arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
             arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}")(
                 arm_cfg, cfg.ingest.store, store_hash)["encoder_path"]  # fmt: skip
@@ -174,7 +175,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     # ablation does not stop the other one; the run ends Failed after its report.
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
-        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation"})
+        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation", "final_models"})
         ablation_cfg["overrides"] = {**ablation_cfg["overrides"],
                                      **{f"split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
         if arms:
@@ -205,12 +206,18 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
                 failures.append(line)
         seconds[f"ablation-{name}"], t0 = time.perf_counter() - t0, time.perf_counter()
 
+    # 3b. deployable models: the final classifier per task, the encoder's champion gate (docs/use.md "Registry")
+    finals = final_models(cfg, ablations, arms or {"ssl": encoder}, split_overrides, store_hash, uri,
+                          pretrained.get("encoder_uri"), failures)  # fmt: skip
+    seconds["final-models"], t0 = time.perf_counter() - t0, time.perf_counter()
+
     # 4. report: Prefect artifacts + one MLflow pipeline run linking everything
     n_windows = _store_windows(cfg.ingest.store)
     parents = [r.get("parent_run_id") for r in ablations.values()]
     exp_ids = experiment_ids(uri, [pretrained.get("run_id"), *parents])
     summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds,
                              failures=failures)  # fmt: skip
+    summary += final_models_line(finals)
     pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash,
                                        failed=bool(failures))  # fmt: skip
     pipeline_link = mlflow_run_link(uri, pipeline_run_id, experiment_ids(uri, [pipeline_run_id])[pipeline_run_id])
@@ -234,6 +241,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         "encoder_hash": encoder_hash,
         "pretrain_run_id": pretrained.get("run_id"),
         "ablations": ablations,
+        "final_models": finals,
         "pipeline_run_id": pipeline_run_id,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "summary_markdown": summary,
@@ -244,6 +252,45 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         logger.error("pipeline failed: %s", message)
         return Failed(message=message, data=PipelineFailed(message, result))
     return result
+
+
+def final_models(cfg: PipelineConfig, ablations: dict[str, dict[str, Any]], arms: dict[str, str],
+                 split_overrides: dict[str, Any], store_hash: str, uri: str, encoder_uri: str | None,
+                 failures: list[str]) -> dict[str, Any]:
+    """Train and register each task's deployable classifier; gate the encoder on the first task's ablation."""
+    out: dict[str, Any] = {}
+    if not cfg.ablation.final_models:
+        return out
+    logger = get_run_logger()
+    overrides = {**cfg.ablation.overrides, **{f"split.{k}": v for k, v in split_overrides.items()}}
+    for name, res in ablations.items():
+        if res.get("error") or not res.get("summary_csv"):
+            continue
+        state = final_model_stage.with_options(name=f"final-{name}")(
+            name, res, arms, overrides, cfg.ingest.store, store_hash, uri, return_state=True)  # fmt: skip
+        if state.is_completed():
+            out[name] = state.result()
+        else:
+            failures.append(f"final model `{name}` failed: {state.message or state.result(raise_on_failure=False)}")
+            out[name] = {"error": state.message}
+    first = next(iter(ablations.values()), {})
+    if encoder_uri and str(encoder_uri).startswith("models:/") and first and not first.get("error"):
+        from ecgmodel.serving.register import promote_encoder
+
+        out["encoder"] = promote_encoder(encoder_uri, first)
+        logger.info("encoder gate: %s", out["encoder"]["detail"])
+    return out
+
+
+def final_models_line(finals: dict[str, Any]) -> str:
+    """The summary's lines on the registered models."""
+    lines = []
+    for name, r in finals.items():
+        if r.get("error") or "name" not in r:
+            continue
+        alias = "@champion" if r.get("champion") or (name == "encoder" and r.get("passed")) else " (gate not passed)"
+        lines.append(f"- `models:/{r['name']}/{r['version']}`{alias}: {r.get('detail') or r['gate']['detail']}")
+    return ("\nDeployable models (docs/use.md):\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def split_settings(cfg: PipelineConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The pipeline's stages as cached Prefect tasks: ingest -> pretrain -> ablation.
+"""The pipeline's stages as cached Prefect tasks: ingest -> pretrain -> ablation -> final classifier.
 
 Each stage wraps the flow that owns the work (``flows.ingest`` / ``flows.pretrain`` / ``flows.ablation``; they
 run as nested flow runs under the stage's task run) and adds stage-level caching, so a re-run of the pipeline
@@ -62,3 +62,24 @@ def ablation_stage(
     from flows.ablation import ablation_flow
 
     return dict(ablation_flow(task=task_name, store=store, encoder=encoder, **ablation))
+
+
+@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def final_model_stage(
+    task_name: str,
+    ablation: dict[str, Any],
+    arms: dict[str, str],
+    overrides: dict[str, Any],
+    store: str,
+    store_hash: str,
+    tracking_uri: str,
+) -> dict[str, Any]:
+    """The task's deployable classifier (``flows.finetune.final_classifier_flow``): fraction 1.0 with the init and
+    schedule the ablation chose on validation, registered as ``ecgssl-<task>``, ``champion`` if it passes the gate.
+
+    Key: the ablation's result (its parent run) + arms + overrides + store hash + tracking URI.
+    """
+    from flows.finetune import final_classifier_flow
+
+    return dict(final_classifier_flow(task=task_name, store=store, ablation=ablation, arms=arms, overrides=overrides,
+                                      champion=True))  # fmt: skip

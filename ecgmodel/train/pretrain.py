@@ -409,7 +409,7 @@ def train(
         ev = evaluate_held_out(raw, pinned, selection, cfg, device, loader)
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
-            result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))
+            result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out, store=str(store)))
     if finished and info.is_main:
         result_path.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     if mlflow_run is not None:
@@ -424,7 +424,8 @@ def train(
     return result
 
 
-def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, run_id: str, out: Path) -> dict:
+def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, run_id: str, out: Path,
+                   store: str | None = None) -> dict:
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -444,20 +445,52 @@ def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, 
         mlflow.log_figure(fig, "plots/lead_confusion.png")
         plt.close(fig)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    extra = [out / "config.json"] + [out / n for n in (SEEN_FILE, SEEN_INFO) if (out / n).is_file()]
+    try:  # the encoder as an MLflow pyfunc model (MLmodel, signature, real input example, contract) ...
+        from ecgmodel.serving.log import log_model_folder, save_encoder_model
+
+        folder, _ = save_encoder_model(out / "mlflow-model" / "encoder", encoder_path, store=store,
+                                       extra_files=extra)  # fmt: skip
+        log_model_folder(run_id, folder, "encoder")
+    except Exception as e:  # noqa: BLE001 - ... or, failing that, the plain files load_encoder reads
+        import logging
+
+        logging.getLogger(__name__).warning("encoder not logged as an MLflow model (%s: %s); logging its files",
+                                            type(e).__name__, e)  # fmt: skip
+        with MLFLOW_WRITE_LOCK:
+            for path in [encoder_path, *extra]:  # what the encoder saw travels with it (the ablation's leak check)
+                mlflow.log_artifact(str(path), artifact_path="encoder")
     with MLFLOW_WRITE_LOCK:
-        mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
-        mlflow.log_artifact(str(out / "config.json"), artifact_path="encoder")
-        for name in (SEEN_FILE, SEEN_INFO):  # what the encoder saw travels with it (the ablation's leak check)
-            if (out / name).is_file():
-                mlflow.log_artifact(str(out / name), artifact_path="encoder")
         mlflow.set_tag("ecgssl.pretrain_splits", ",".join(cfg.data.splits))
         mlflow.set_tag("ecgssl.eval_source", ev.get("source", ""))
     result = {"encoder_uri": f"runs:/{run_id}/encoder"}
-    if cfg.run.register_model:
+    name = encoder_registry_name(cfg)
+    if cfg.run.register_model and name:
         tags = mlflow.get_run(run_id).data.tags
         meta = encoder_version_metadata(cfg, tags.get("ecgssl.store_hash"), ev["metrics"], run_id)
-        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model, **meta)
+        result["encoder_uri"] = register_encoder(run_id, name, **meta)
+        result["registered_model"] = name
     return result
+
+
+#: Runs shorter than this (plumbing checks such as the tests' few-step runs) never become ``ecgssl-encoder``.
+SMOKE_STEPS = 100
+
+
+def encoder_registry_name(cfg: PretrainConfig) -> str:
+    """The registered name of a run's encoder (docs/use.md "Registry"):
+
+    * ``run.registered_model`` when it is set to something other than ``ecgssl-encoder`` (the pipeline's pretext
+      arms: ``ecgssl-encoder-<arm>``);
+    * ``ecgssl-encoder-smoke`` for runs of fewer than :data:`SMOKE_STEPS` steps;
+    * else ``ecgssl-encoder`` (main runs). Only the pipeline moves the ``champion`` alias, after its gate.
+    """
+    name = cfg.run.registered_model
+    if name != "ecgssl-encoder":
+        return name
+    if cfg.optim.max_steps < SMOKE_STEPS:
+        return "ecgssl-encoder-smoke"
+    return name
 
 
 def encoder_version_metadata(
@@ -472,7 +505,8 @@ def encoder_version_metadata(
     description = (
         f"Self-supervised ECG encoder ({pretext}), {cfg.optim.max_steps} steps on store {store_hash or 'unknown'}; "
         f"config {config_hash(cfg)}, MLflow run {run_id}. Final metrics: {shown}. "
-        "Load with ecgmodel.train.checkpoint.load_encoder."
+        "An MLflow pyfunc model (mlflow.pyfunc.load_model: one embedding per record, docs/use.md); "
+        "ecgmodel.train.checkpoint.load_encoder reads the same version as an Encoder."
     )
     tags = {"ecgssl.store_hash": store_hash or "unknown", "ecgssl.config_hash": config_hash(cfg),
             "ecgssl.pretext": cfg.ssl.mode, "ecgssl.steps": str(cfg.optim.max_steps),
@@ -496,8 +530,8 @@ def register_encoder(
     source = f"{mlflow.get_run(run_id).info.artifact_uri}/encoder"
     with MLFLOW_WRITE_LOCK:
         try:
-            client.create_registered_model(name, description="ecgssl self-supervised ECG encoder "
-                                           "(load with ecgmodel.train.checkpoint.load_encoder)")
+            client.create_registered_model(name, description="ecgssl self-supervised ECG encoder (MLflow pyfunc "
+                                           "model: embeddings; or ecgmodel.train.checkpoint.load_encoder)")
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise

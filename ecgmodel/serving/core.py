@@ -6,8 +6,8 @@ prediction equals the number the test metrics were computed from. Encoder: :func
 the numbers of ``ecgssl embed``.
 
 A fine-tuned model file (``model.pt``, format ``ecgssl-downstream``) is loaded by :func:`load_classifier`: with
-``ecgmodel.downstream.model.load_downstream_model`` when the library has it (it knows every ``arch``), else the
-transformer encoder + linear head of today's files (no ``arch`` key, or ``arch == "transformer"``).
+``ecgmodel.downstream.model.load_downstream_model``, which rebuilds every ``arch`` (the transformer encoder + head,
+or the supervised xresnet1d).
 """
 
 from __future__ import annotations
@@ -47,29 +47,15 @@ def load_classifier(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode, payload without the weights) of a fine-tuned ``model.pt``."""
     obj = read_downstream_file(path)
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
-    try:
-        from ecgmodel.downstream.model import load_downstream_model  # type: ignore[attr-defined]
-    except ImportError:
-        load_downstream_model = None
-    if load_downstream_model is not None:
-        model, _ = load_downstream_model(path)
-        return model.eval(), meta
-    arch = obj.get("arch", "transformer")
-    if arch != "transformer":
-        raise UserError(f"{path}: encoder architecture {arch!r} needs a newer ecgssl (this one builds transformers)",
-                        "pip install -e . (update ecgssl), then ecgssl predict again")  # fmt: skip
-    from ecgmodel.downstream.model import DownstreamModel
-    from ecgmodel.models.encoder import EncoderConfig, build_encoder
+    from ecgmodel.downstream.model import load_downstream_model
 
-    ft = obj.get("finetune_config") or {}
-    enc = build_encoder(EncoderConfig.model_validate(obj["encoder_config"]))
-    model = DownstreamModel(enc, len(obj["classes"]), ft.get("mode", "full"),
-                            float((ft.get("optim") or {}).get("head_dropout", 0.1)))  # fmt: skip
-    model.load_state_dict(obj["state_dict"])
+    model, _ = load_downstream_model(path)
     return model.eval(), meta
 
 
 def input_samples_of(model: torch.nn.Module, meta: dict[str, Any]) -> int:
+    if meta.get("input_samples"):
+        return int(meta["input_samples"])
     cfg = getattr(getattr(model, "encoder", None), "cfg", None)
     if cfg is not None and getattr(cfg, "input_samples", None):
         return int(cfg.input_samples)

@@ -5,24 +5,54 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ecgmodel.pipeline_config import build_config
 
 
+def check_pipeline_args(args: argparse.Namespace):
+    """The config of ``args``, checked before Prefect starts (raises a UserError naming the fix)."""
+    from ecgmodel import cli_checks
+    from ecgmodel.errors import UserError
+    from ecgmodel.train.out_lock import check_not_training
+
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"--config {args.config}: no such file", "ecgssl pipeline --config FILE.yaml (or --demo)")
+    cfg = cli_checks.check_overrides(lambda: build_config(args.demo, args.config, args.overrides),
+                                     "invalid configuration", "keys are those of PipelineConfig (docs/deployments.md)"
+                                     ", e.g. ecgssl pipeline --demo --set ablation.seeds=1")  # fmt: skip
+    cli_checks.check_sources(cfg.ingest.sources)
+    cli_checks.check_store_writable(cfg.ingest.store)
+    cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)
+    cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out")
+    from ecgmodel.train.pretrain import build_config as pretrain_config
+
+    cli_checks.check_overrides(lambda: pretrain_config(cfg.pretrain.preset, cfg.pretrain.overrides),
+                               "pretrain.overrides", "keys are those of PretrainConfig, e.g. --set "
+                               "'pretrain.overrides={\"optim.max_steps\": 100}'")  # fmt: skip
+    from ecgmodel.config import config_hash
+    from ecgmodel.data.store import StoreError, content_hash
+
+    try:  # the pipeline trains into <out>/<store hash>-<config hash>: refuse now if another run trains there
+        check_not_training(Path(cfg.pretrain.out) / f"{content_hash(cfg.ingest.store)}-{config_hash(cfg.pretrain, 8)}")
+    except StoreError:
+        pass  # no store yet: the pretraining task takes the lock (and refuses) once the ingest has run
+    return cfg
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    try:
-        cfg = build_config(args.demo, args.config, args.overrides)
-    except (KeyError, ValueError, OSError) as e:
-        print(f"ecgssl pipeline: invalid configuration: {e}", file=sys.stderr)
-        return 2
+    cfg = check_pipeline_args(args)
     start = time.perf_counter()
+    from ecgmodel.errors import UserError
     from flows.pipeline import PipelineFailed, pipeline_flow
 
-    state = pipeline_flow(cfg, return_state=True)
+    state = pipeline_flow(cfg, refresh=args.refresh, return_state=True)
     elapsed = time.perf_counter() - start
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, PipelineFailed):  # finished with a report, but some stage failed
         result = outcome.result
+    elif isinstance(outcome, UserError):  # expected (e.g. a folder another run trains into): one line
+        raise outcome
     elif isinstance(outcome, BaseException):
         print(f"ecgssl pipeline: failed after {elapsed / 60:.1f} min: {outcome}", file=sys.stderr)
         return 1
@@ -52,4 +82,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file with a (partial) PipelineConfig")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted-key override, e.g. --set ablation.seeds=2 (repeatable)")
+    p.add_argument("--refresh", action="store_true",
+                   help="recompute every stage (ignore cached stage results and finished checkpoints)")
     p.set_defaults(func=_cmd_pipeline)

@@ -101,8 +101,15 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    from ecgmodel import cli_checks
+
+    sources = args.sources or ["ptb-xl"]
+    cli_checks.check_sources(sources)  # before Prefect starts: a typo costs milliseconds and one line
+    cli_checks.check_store_writable(args.store)
+    cli_checks.check_writable_dir(args.raw_dir, "--raw-dir")
+    cli_checks.check_mirror(args.mirror, sources)
     summary = ingest_flow(
-        sources=args.sources or ["ptb-xl"], mirror=args.mirror, store=args.store, raw_dir=args.raw_dir,
+        sources=sources, mirror=args.mirror, store=args.store, raw_dir=args.raw_dir,
         fs=args.fs, window_s=args.window_s, workers=args.workers,
         max_windows_per_record=args.max_windows or None, dask_address=args.dask_address,
     )  # fmt: skip
@@ -113,15 +120,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ecgmodel.data.store import migrate_store, recover_store
 
-    try:
-        if getattr(args, "recover", False):
-            recover_store(args.store)
-        if getattr(args, "migrate", False):
-            migrate_store(args.store)
-        summary = open_store(args.store).summary()
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # a StoreError is a UserError: the CLI prints its problem and fix on one line and exits 2
+    if getattr(args, "recover", False):
+        recover_store(args.store)
+    if getattr(args, "migrate", False):
+        migrate_store(args.store)
+    summary = open_store(args.store).summary()
     print(json.dumps(summary, indent=1, default=str) if args.json else format_summary(summary))
     return 0
 

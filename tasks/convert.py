@@ -17,6 +17,7 @@ from ecgmodel.data.convert import convert_sources
 from ecgmodel.data.ingest_config import IngestConfig
 from ecgmodel.data.store import StoreError, StoreLockedError
 from tasks.progress import ProgressArtifact
+from tasks.retry import is_permanent, user_facing_os_errors
 
 # Every task that writes a store carries this tag. `prefect concurrency-limit create store-writer 1` makes
 # Prefect queue concurrent writers (e.g. the daily ingest and the weekly pipeline sharing one store) instead of
@@ -35,7 +36,7 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
         return True
     if isinstance(exc, StoreLockedError):
         return True
-    return not isinstance(exc, _PERMANENT)
+    return not (isinstance(exc, _PERMANENT) or is_permanent(exc))  # e.g. disk full, read-only store
 
 
 @task(
@@ -56,7 +57,9 @@ def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> d
         logger = logging.getLogger(__name__)
     cfg = IngestConfig.model_validate(config)
     progress = ProgressArtifact("ingest-progress", "records converted into the store")
-    summary = convert_sources(cfg, fetched, on_progress=progress)
+    fix = f"free disk space or give a writable folder: ecgssl ingest --store OTHER.zarr (now {cfg.store})"
+    with user_facing_os_errors(fix):
+        summary = convert_sources(cfg, fetched, on_progress=progress)
     for slug, stats in summary["run"].items():
         logger.info("%s: %s", slug, stats)
     for q in summary["quarantined"][:20]:

@@ -16,6 +16,7 @@ from prefect.exceptions import MissingContextError
 
 from ecgmodel.data.download import PHYSIONET_URL, SourceUnavailableError, UnsafePathError, download_source
 from ecgmodel.data.sources import RecordPathError, UnknownSourceError, get_source
+from tasks.retry import is_permanent, user_facing_os_errors
 
 # Record lists longer than this travel only as ``records_file``.
 INLINE_RECORDS_MAX = 200
@@ -31,7 +32,7 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
         return True
     if isinstance(exc, SourceUnavailableError) and not str(exc.url).startswith(("http://", "https://")):
         return False  # a local mirror folder that is missing or broken will not heal by waiting
-    return not isinstance(exc, _PERMANENT)
+    return not (isinstance(exc, _PERMANENT) or is_permanent(exc))  # e.g. disk full, read-only raw folder
 
 
 @task(
@@ -67,7 +68,10 @@ def fetch_source(
     source = get_source(slug)
     if groups:
         source = source.select(*groups)
-    result = download_source(source, mirror, Path(raw_dir), workers=workers, records=records, progress=progress)
+    fix = f"free disk space or give a writable folder: ecgssl ingest --raw-dir OTHER_DIR (now {raw_dir})"
+    with user_facing_os_errors(fix):
+        result = download_source(source, mirror, Path(raw_dir), workers=workers, records=records,
+                                 progress=progress)  # fmt: skip
     summary = result.summary()
     summary.update(
         slug=source.slug,

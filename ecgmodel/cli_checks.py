@@ -47,19 +47,20 @@ def check_store_writable(store: str | Path) -> None:
     check_writable_dir(path, "--store")
 
 
-def check_writable_dir(path: str | Path, flag: str) -> None:
+def check_writable_dir(path: str | Path, flag: str, command: str = "ingest") -> None:
     """The nearest existing folder at or above ``path`` is writable (else: a read-only disk or no permission)."""
     here = Path(path).absolute()
     while not here.exists():
         here = here.parent
+    fix = f"ecgssl {command} ... {flag} WRITABLE_DIR" if flag.startswith("--") else \
+        f"ecgssl {command} ... --set {flag}=WRITABLE_DIR"
     if here.is_file():
-        raise UserError(f"{flag} {path}: {here} is a file, not a folder", f"give a folder path for {flag}")
+        raise UserError(f"{flag} {path}: {here} is a file, not a folder", fix)
     if not os.access(here, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {here} is not writable (read-only disk or no permission)",
-                        f"give a writable folder for {flag}")  # fmt: skip
+        raise UserError(f"{flag} {path}: {here} is not writable (read-only disk or no permission)", fix)
 
 
-def check_sources(sources: Iterable[str]) -> None:
+def check_sources(sources: Iterable[str], flag: str = "--source") -> None:
     """Every slug names a catalog source."""
     from ecgmodel.data.sources import UnknownSourceError, get_source
 
@@ -67,8 +68,7 @@ def check_sources(sources: Iterable[str]) -> None:
         try:
             get_source(slug)
         except UnknownSourceError as exc:
-            raise UserError(f"--source {slug}: {exc}", "ecgssl ingest --source ptb-xl ... (see ecgssl ingest "
-                            "--help for the catalog)") from None
+            raise UserError(f"{flag} {slug}: {exc}", "ecgssl ingest --source ptb-xl ...") from None
 
 
 def check_mirror(mirror: str, sources: Iterable[str], timeout: float = 10.0) -> None:
@@ -99,10 +99,10 @@ def check_mirror(mirror: str, sources: Iterable[str], timeout: float = 10.0) -> 
                             f"--source {slug}")  # fmt: skip
 
 
-def check_fraction(value: float, flag: str = "--fraction") -> None:
+def check_fraction(value: float, flag: str = "--fraction", command: str = "finetune") -> None:
     if not 0.0 < float(value) <= 1.0:
         raise UserError(f"{flag} {value}: must be in (0, 1] (a fraction of the labelled training records)",
-                        f"e.g. {flag} 0.1")  # fmt: skip
+                        f"ecgssl {command} ... {flag} 0.1")  # fmt: skip
 
 
 def check_encoder_file(ref: str | Path, flag: str = "--init") -> None:

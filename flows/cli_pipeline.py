@@ -21,15 +21,15 @@ def check_pipeline_args(args: argparse.Namespace):
     cfg = cli_checks.check_overrides(lambda: build_config(args.demo, args.config, args.overrides),
                                      "invalid configuration", "keys are those of PipelineConfig (docs/deployments.md)"
                                      ", e.g. ecgssl pipeline --demo --set ablation.seeds=1")  # fmt: skip
-    cli_checks.check_sources(cfg.ingest.sources)
+    cli_checks.check_sources(cfg.ingest.sources, "ingest.sources:")
     cli_checks.check_store_writable(cfg.ingest.store)
     cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)
-    cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out")
+    cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out", "pipeline")
     from ecgmodel.train.pretrain import build_config as pretrain_config
 
     cli_checks.check_overrides(lambda: pretrain_config(cfg.pretrain.preset, cfg.pretrain.overrides),
-                               "pretrain.overrides", "keys are those of PretrainConfig, e.g. --set "
-                               "'pretrain.overrides={\"optim.max_steps\": 100}'")  # fmt: skip
+                               "pretrain.overrides", "keys are those of PretrainConfig, e.g. ecgssl pipeline "
+                               "--set 'pretrain.overrides={\"optim.max_steps\": 100}'")  # fmt: skip
     from ecgmodel.config import config_hash
     from ecgmodel.data.store import StoreError, content_hash
 

@@ -67,7 +67,7 @@ def _handler(args: argparse.Namespace) -> int:
     cli_checks.check_overrides(lambda: build_config(args.preset, args.set or None), "--set",
                                "keys are those of PretrainConfig, e.g. ecgssl pretrain --set optim.max_steps=500")
     cli_checks.check_store_readable(args.store, "pretrain")
-    cli_checks.check_writable_dir(args.out, "--out")
+    cli_checks.check_writable_dir(args.out, "--out", "pretrain")
     check_not_training(args.out)
 
     result = pretrain_flow(store=args.store, preset=args.preset, overrides=args.set or None,

@@ -10,6 +10,22 @@ from pathlib import Path
 from ecgmodel.pipeline_config import build_config
 
 
+def ui_command() -> str:
+    """``ecgssl ui`` as the user can type it now: bare when ``ecgssl`` is on PATH (venv active), else the path of
+    this environment's executable (``.venv/bin/ecgssl ui`` after ``make demo``)."""
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "ecgssl"
+    on_path = shutil.which("ecgssl")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "ecgssl ui"
+    try:
+        return f"{exe.relative_to(Path.cwd())} ui"
+    except ValueError:
+        return f"{exe} ui"
+
+
 def check_pipeline_args(args: argparse.Namespace):
     """The config of ``args``, checked before Prefect starts (raises a UserError naming the fix)."""
     from ecgmodel import cli_checks
@@ -65,7 +81,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"Browse the runs: {uri}")
     else:
-        print(f"Browse the runs: ecgssl ui   (MLflow UI on http://127.0.0.1:5000 over {uri})")
+        print(f"Browse the runs: {ui_command()}   (MLflow UI on http://127.0.0.1:5000 over {uri})")
     if state.is_failed():
         print(f"\necgssl pipeline: FAILED: {state.message}", file=sys.stderr)
         return 1

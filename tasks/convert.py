@@ -67,3 +67,31 @@ def convert_to_store(config: dict[str, Any], fetched: list[dict[str, Any]]) -> d
     logger.info("store %s: %d windows, %d records, hash %s", summary["path"], summary["windows"],
                 summary["records"], summary["store_hash"])  # fmt: skip
     return summary
+
+
+@task(
+    name="convert-folder",
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_permanent,
+    cache_policy=NONE,
+    tags=[STORE_WRITER_TAG],
+)
+def convert_folder(folder_config: dict[str, Any], store: str) -> dict[str, Any]:
+    """Ingest a user's folder of WFDB/EDF records (:func:`ecgmodel.data.folder.ingest_folder`) into ``store``;
+    returns this run's counts (``written``, ``skipped``, ``quarantined``) and the source slug."""
+    from ecgmodel.data.folder import FolderConfig, ingest_folder
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger(__name__)
+    cfg = FolderConfig.model_validate(folder_config)
+    with user_facing_os_errors(f"free disk space or give a writable folder: ecgssl ingest --store OTHER.zarr "
+                               f"(now {store})"):  # fmt: skip
+        res = ingest_folder(cfg, store)
+    for q in res["quarantined"][:20]:
+        logger.warning("quarantined %s/%s: %s", q["source"], q["record"], q["reason"])
+    logger.info("%s: %d records written, %d already stored, %d quarantined", res["source"], res["written"],
+                res["skipped"], len(res["quarantined"]))  # fmt: skip
+    return res

@@ -75,7 +75,8 @@ HISTORY_MAX = 1000  # (hash, n) entries kept in the manifest for pinned readers
 LOCK = ".writer.lock"
 DEFAULT_CHUNK_WINDOWS = 64  # 64 x 12 x 5000 int16 = 7.7 MB raw, ~2.7 MB compressed (bench/ingest.py)
 DEFAULT_META_CHUNK = 4096  # rows per chunk of the small per-window arrays (a multiple of chunk_windows)
-DX_SYSTEMS = ("snomed-ct", "ptbxl-scp", "ludb-diagnosis", "va-origin", "site-label")  # last two: localization adapters
+# va-origin, site-label: the localization adapters; user-label: free-text labels of `ecgssl ingest --folder`
+DX_SYSTEMS = ("snomed-ct", "ptbxl-scp", "ludb-diagnosis", "va-origin", "site-label", "user-label")
 
 # name -> (dtype, fill value) of the per-window 1-D arrays, in the order of docs/store.md
 META_COLUMNS: dict[str, tuple[Any, Any]] = {

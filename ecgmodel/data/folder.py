@@ -4,8 +4,8 @@
 
 Every ``*.hea`` and ``*.edf`` file below the folder is one record, named by its file name without the
 extension (``0001``, as the catalog sources name theirs; its path below the folder is kept as ``record_path``;
-two files with one name are the duplicate rule's case). WFDB records are read by the catalog sources' reader (``ecgmodel.data.wfdb_io``),
-EDF files by wfdb's EDF reader; signals are taken by lead NAME, converted to mV from each channel's units,
+two files with one name are the duplicate rule's case). WFDB records are read by ``wfdb.rdrecord`` (Challenge-style ``.mat`` headers by the
+catalog sources' reader, ``ecgmodel.data.wfdb_io``), EDF files by wfdb's EDF reader; signals are taken by lead NAME, converted to mV from each channel's units,
 resampled and windowed exactly as the public databases are (``ecgmodel.data.signal.harmonise``). Provenance: each row keeps its file's path below the folder and the
 sha256 of the record's files.
 
@@ -73,12 +73,23 @@ def read_edf_mv(path: Path) -> tuple[np.ndarray, list[str], float]:
 
 
 def read_wfdb(hea: Path) -> tuple[np.ndarray, list[str], float]:
-    """A WFDB record as (signal (n_leads, T) in mV, lead names, fs): the catalog sources' reader
-    (``ecgmodel.data.wfdb_io``: Challenge ``.mat`` records too, units from the header)."""
+    """A WFDB record as (signal (n_leads, T) in mV, lead names, fs).
+
+    ``wfdb.rdrecord`` with each channel's units; a header it cannot parse (the Challenge's ``<name>.mat`` record
+    lines) goes through the catalog sources' reader (``ecgmodel.data.wfdb_io``). Not that reader first: its
+    quirk for the Challenge's PTB headers reads a gain of 100000 adu/mV or more as per volt, and ``wfdb.wrsamp``
+    writes such gains for ordinary files.
+    """
+    from wfdb.io.header import HeaderSyntaxError
+
+    from ecgmodel.data.site_labels import read_wfdb_mv
     from ecgmodel.data.wfdb_io import read_header, read_signal
 
-    header = read_header(hea.with_suffix(""), hea.stem)
-    return read_signal(header, hea.parent, hea.stem), list(header.sig_name), float(header.fs)
+    try:
+        return read_wfdb_mv(hea.with_suffix(""))
+    except HeaderSyntaxError:
+        header = read_header(hea.with_suffix(""), hea.stem)
+        return read_signal(header, hea.parent, hea.stem), list(header.sig_name), float(header.fs)
 
 
 def scan(root: Path) -> list[Path]:

@@ -139,3 +139,34 @@ def test_disk_full_and_read_only_are_final():
     with pytest.raises(FileNotFoundError):  # not every OSError is final
         with user_facing_os_errors("x"):
             raise FileNotFoundError("gone")
+
+
+def test_demo_hint_names_a_ui_command_that_works_without_the_venv(monkeypatch, tmp_path):
+    from flows import cli_pipeline
+
+    exe = Path(sys.executable).parent / "ecgssl"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # venv not activated
+    monkeypatch.chdir(tmp_path)
+    assert cli_pipeline.ui_command() == f"{exe} ui"
+    monkeypatch.chdir(exe.parents[2])  # the checkout: the path as typed there
+    assert cli_pipeline.ui_command() == f"{exe.relative_to(exe.parents[2])} ui"
+    monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")  # venv activated
+    assert cli_pipeline.ui_command() == "ecgssl ui"
+
+
+def test_local_mirror_is_verified_in_place_not_copied(tmp_path):
+    from ecgmodel.data.download import download_source
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(DATA / "ludb", mirror / "ludb")
+    dats = sorted((mirror / "ludb").rglob("*.dat"))
+    bad = dats[0]
+    bad.write_bytes(bad.read_bytes()[:-2] + b"\0\0")  # one record's signal file no longer matches SHA256SUMS
+    res = download_source("ludb", mirror, tmp_path / "raw", progress=False, in_place=True)
+    assert res.root == mirror / "ludb" / "1.0.1" and res.files_downloaded == 0
+    failed = {f["record"]: f["reason"] for f in res.failures}
+    assert any("sha256 differs" in reason for reason in failed.values()), failed
+    assert len(res.records) == len(dats) - 1
+    assert not [p for p in (tmp_path / "raw").rglob("*") if p.suffix in (".dat", ".hea")]  # nothing copied
+    copied = download_source("ludb", mirror, tmp_path / "copy", progress=False)
+    assert copied.records == res.records and (tmp_path / "copy" / "ludb" / "1.0.1").is_dir()

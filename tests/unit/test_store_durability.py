@@ -399,7 +399,9 @@ def test_inspect_recovers_a_lost_manifest(tmp_path, capsys):
     build(path, range(6))
     n_prev = json.loads((path / PREV_MANIFEST).read_text())["n"]
     (path / MANIFEST).unlink()
-    assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=False, migrate=False)) == 2
-    assert "recover_store" in capsys.readouterr().err
+    from flows.cli import main
+
+    assert main(["inspect", str(path), "--json"]) == 2
+    assert f"fix: ecgssl inspect {path} --recover" in capsys.readouterr().err
     assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=True, migrate=False)) == 0
     assert json.loads(capsys.readouterr().out)["windows"] == n_prev

@@ -150,6 +150,9 @@ def check_overrides(build: Callable[[], Any], flag: str, example: str) -> Any:
     try:
         return build()
     except (KeyError, ValueError, TypeError, ValidationError) as exc:
-        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, ValidationError):  # "ablation.fractions: Value error, fractions must be ..."
+            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        else:
+            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         problem = " ".join(str(text).split())[:400]
         raise UserError(f"{flag}: {problem}", example) from None

@@ -99,5 +99,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted-key override, e.g. --set ablation.seeds=2 (repeatable)")
     p.add_argument("--refresh", action="store_true",
-                   help="recompute every stage (ignore cached stage results and finished checkpoints)")
+                   help="recompute every stage: ignore cached stage results and finished checkpoints (ingest "
+                   "re-verifies the mirror; records already committed to the store are kept)")
     p.set_defaults(func=_cmd_pipeline)

@@ -29,8 +29,11 @@ def ui_command() -> str:
 def check_pipeline_args(args: argparse.Namespace):
     """The config of ``args``, checked before Prefect starts (raises a UserError naming the fix)."""
     from ecgmodel import cli_checks
+    from ecgmodel.config import config_hash
+    from ecgmodel.data.store import MANIFEST, StoreError, content_hash
     from ecgmodel.errors import UserError
     from ecgmodel.train.out_lock import check_not_training
+    from ecgmodel.train.pretrain import build_config as pretrain_config
 
     if args.config and not Path(args.config).is_file():
         raise UserError(f"--config {args.config}: no such file", "ecgssl pipeline --config FILE.yaml (or --demo)")
@@ -39,16 +42,12 @@ def check_pipeline_args(args: argparse.Namespace):
                                      ", e.g. ecgssl pipeline --demo --set ablation.seeds=1")  # fmt: skip
     cli_checks.check_sources(cfg.ingest.sources, "ingest.sources:")
     cli_checks.check_store_writable(cfg.ingest.store)
-    cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)
+    if not (Path(cfg.ingest.store) / MANIFEST).is_file():  # with a store, an unreachable mirror is reported by
+        cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)  # the run, which goes on with the store
     cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out", "pipeline")
-    from ecgmodel.train.pretrain import build_config as pretrain_config
-
     cli_checks.check_overrides(lambda: pretrain_config(cfg.pretrain.preset, cfg.pretrain.overrides),
                                "pretrain.overrides", "keys are those of PretrainConfig, e.g. ecgssl pipeline "
                                "--set 'pretrain.overrides={\"optim.max_steps\": 100}'")  # fmt: skip
-    from ecgmodel.config import config_hash
-    from ecgmodel.data.store import StoreError, content_hash
-
     try:  # the pipeline trains into <out>/<store hash>-<config hash>: refuse now if another run trains there
         check_not_training(Path(cfg.pretrain.out) / f"{content_hash(cfg.ingest.store)}-{config_hash(cfg.pretrain, 8)}")
     except StoreError:

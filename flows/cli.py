@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()  # before prefect / mlflow are imported: they read these at import or first use
+    from flows.ephemeral import tie_ephemeral_server_to_process
+
+    tie_ephemeral_server_to_process()  # a kill -9 of this command also ends Prefect's temporary server
     parser = build_parser()
     args = parser.parse_args(argv)
     from ecgmodel.errors import UserError

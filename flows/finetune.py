@@ -106,6 +106,15 @@ def _parse_set(items: list[str] | None) -> dict | None:
     return out or None
 
 
+def _config(args: argparse.Namespace):
+    from ecgmodel.config import apply_overrides
+    from ecgmodel.downstream.config import FinetuneConfig
+
+    return apply_overrides(FinetuneConfig(task=args.task, store=str(args.store), init=args.init, fraction=args.fraction,
+                                          seed=args.seed, mode=args.mode, arch_from=args.arch_from),
+                           _parse_set(args.set))  # fmt: skip
+
+
 def _handler(args: argparse.Namespace) -> int:
     if args.from_ablation:
         from ecgmodel.errors import UserError
@@ -124,12 +133,24 @@ def _handler(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     if not args.store:
-        raise SystemExit("ecgssl finetune: --store is required (or --from-ablation RUN_ID)")
+        from ecgmodel.errors import UserError
+
+        raise UserError("--store is required (or --from-ablation RUN_ID)",
+                        "ecgssl finetune --task TASK --store STORE --init random|URI ...")
     if args.init == "supervised" and args.mode != "full":
         from ecgmodel.errors import UserError
 
         raise UserError(f"--init supervised --mode {args.mode}: the supervised xresnet1d arm trains from scratch, "
                         "full mode only", fix=f"ecgssl finetune --store {args.store} --init supervised --mode full")
+    from ecgmodel import cli_checks
+
+    cli_checks.check_fraction(args.fraction)  # before Prefect / MLflow: one line naming the fix
+    cli_checks.check_store_readable(args.store, "fine-tune")
+    cli_checks.check_encoder_file(args.init, "--init")
+    if args.arch_from:
+        cli_checks.check_encoder_file(args.arch_from, "--arch-from")
+    cli_checks.check_overrides(lambda: _config(args), "--set",
+                               "keys are those of FinetuneConfig, e.g. ecgssl finetune ... --set optim.epochs=5")
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
         overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from, register_model=args.register,

@@ -99,8 +99,9 @@ def _first_cell_error(summary_csv: str | None) -> str | None:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
-    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes.
+def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = False) -> dict[str, Any]:  # noqa: B008
+    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes
+    (and on the digest of the code it runs). ``refresh`` recomputes every stage, pretraining from scratch.
 
     Ends Failed (after writing its report) when a source could not be fetched or an ablation's fine-tuning cells
     failed; the state message says which, and which setting decides it.
@@ -120,7 +121,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     # 1. ingest: keyed on the config and the mirror's checksum listings
     ingest_cfg = cfg.ingest.model_dump()
     mirror_state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
-    state = ingest_stage(ingest_cfg, mirror_state, return_state=True)
+    state = ingest_stage.with_options(refresh_cache=refresh)(ingest_cfg, mirror_state, return_state=True)
     ingested = state.result()
     if store_fingerprint(cfg.ingest.store) != ingested.get("store_hash"):
         logger.warning("store %s does not match the cached ingest result: ingesting again", cfg.ingest.store)
@@ -143,13 +144,19 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     pretrain_cfg["overrides"] = {**pretrain_cfg["overrides"],
                                  **{f"data.split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
     pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
-    pretrained = pretrain_stage(pretrain_cfg, cfg.ingest.store, store_hash)
+    stage = pretrain_stage.with_options(refresh_cache=refresh)
+    state = stage(pretrain_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh, return_state=True)
+    pretrained = state.result()
     encoder = pretrained.get("encoder_path")
     encoder_hash = file_fingerprint(encoder)
-    if encoder_hash is None:
-        logger.warning("encoder %s from the cached pretraining result is gone: pretraining again", encoder)
+    pretrain_run = pretrained.get("run_id")
+    run_gone = state.name == "Cached" and bool(pretrain_run) and not mlflow_run_exists(pretrain_run, uri)
+    if encoder_hash is None or run_gone:
+        logger.warning("the cached pretraining result's %s: pretraining again",
+                       f"encoder {encoder} is gone" if encoder_hash is None else
+                       f"MLflow run {pretrain_run} is not in the tracking store in force ({uri})")
         pretrained = pretrain_stage.with_options(refresh_cache=True)(
-            pretrain_cfg, cfg.ingest.store, store_hash, rebuild=True
+            pretrain_cfg, cfg.ingest.store, store_hash, uri, rebuild=encoder_hash is None
         )
         encoder = pretrained.get("encoder_path")
         encoder_hash = file_fingerprint(encoder)
@@ -167,8 +174,8 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
             arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm,
                                                     "run.registered_model": f"ecgssl-encoder-{arm}"})
             arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
-            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}")(
-                arm_cfg, cfg.ingest.store, store_hash)["encoder_path"]  # fmt: skip
+            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}", refresh_cache=refresh)(
+                arm_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh)["encoder_path"]  # fmt: skip
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI. A failed
@@ -183,7 +190,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
         args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
-        stage = ablation_stage.with_options(name=f"ablation-{name}")
+        stage = ablation_stage.with_options(name=f"ablation-{name}", refresh_cache=refresh)
         state = stage(*args, return_state=True)
         res = state.result(raise_on_failure=False) if state.is_completed() else None
         if res is not None and state.name == "Cached":

@@ -109,6 +109,24 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     failed_summary = _artifacts("pipeline-summary")[0].data
     assert "The run failed" in failed_summary and "min_class_records" in failed_summary
 
+    # 6th run: the library code changed (its digest) -> every stage runs again: a new pretraining run (the finished
+    # checkpoint was trained by the old code) and a new ablation, not the cached results of the old code
+    import ecgmodel.train.pretrain as pretrain_module
+    import tasks.pipeline as pipeline_tasks
+
+    monkeypatch.setattr(pipeline_tasks, "code_digest", lambda *a, **k: "c0de0000c0de0000")
+    monkeypatch.setattr(pretrain_module, "code_digest", lambda *a, **k: "c0de0000c0de0000")
+    sixth = pipeline_flow(cfg)
+    assert sixth["pretrain_run_id"] not in (third["pretrain_run_id"], fourth["pretrain_run_id"])
+    assert sixth["ablations"]["localization"]["parent_run_id"] != new_parent
+    pretrain_tags = client.get_run(sixth["pretrain_run_id"]).data.tags
+    assert pretrain_tags["ecgssl.code_digest"] == "c0de0000c0de0000"
+
+    # 7th run: nothing changed, but --refresh -> every stage recomputed (pretraining from scratch)
+    seventh = pipeline_flow(cfg, refresh=True)
+    assert seventh["pretrain_run_id"] != sixth["pretrain_run_id"]
+    assert seventh["ablations"]["localization"]["parent_run_id"] != sixth["ablations"]["localization"]["parent_run_id"]
+
 
 def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):
     """The gpu pool's multi-process path: flow -> infra/torchrun/pretrain.sh -> torchrun (2 gloo processes here)."""

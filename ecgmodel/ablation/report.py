@@ -49,6 +49,11 @@ METRICS_FILE = "metrics.json"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
+def as_bool(column: pd.Series) -> pd.Series:
+    """A flag column as read back from a CSV or MLflow (True/False, "true"/"false", 1/0, empty) -> bool."""
+    return column.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
+
+
 class Cells:
     """The finished cells of one ablation and their saved predictions (loaded once, keyed by identity)."""
 
@@ -60,8 +65,8 @@ class Cells:
                 frame[col] = default
         frame["error"] = frame["error"].fillna("").astype(str)
         frame["pretrain_id"] = frame["pretrain_id"].fillna("").astype(str)
-        frame["budget_limited"] = frame["budget_limited"].fillna(False).astype(bool)
-        frame["grid_edge"] = frame["grid_edge"].fillna(False).astype(bool)
+        frame["budget_limited"] = as_bool(frame["budget_limited"])
+        frame["grid_edge"] = as_bool(frame["grid_edge"])
         self.frame = frame[frame["role"].fillna("cell") == "cell"]
         self.ok = self.frame[self.frame["error"] == ""]
         self.base = Path(base_dir)
@@ -372,7 +377,7 @@ def headline_markdown(info: dict[str, Any], cells: Cells, ev: pd.DataFrame, ltm:
                          f"{num(r.ci_high)}] | {r.n_budget_limited} |")  # fmt: skip
     if info.get("schedules"):
         edges = info.get("schedule_edges") or {}
-        lines += ["", "Schedules chosen on the validation split (same grid and budget for every arm):", ""]
+        lines += ["", "Schedules of full fine-tuning chosen on the validation split (same grid and budget for every arm; the linear probe chooses its regularisation inside each cell):", ""]
         for key, s in info["schedules"].items():
             lines.append(f"- {key}: lr {s['lr']:g}, encoder lr scale {s['encoder_lr_scale']:g}, "
                          f"warm-up {s['warmup_fraction']:g}" + (" (at the edge of the grid)" if edges.get(key) else ""))  # fmt: skip

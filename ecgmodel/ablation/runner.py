@@ -40,14 +40,18 @@ class Executor(Protocol):
 
 
 def train_cell(config: dict[str, Any], out_dir: str, parent_run_id: str | None = None, run_name: str | None = None,
-               extra_tags: dict[str, str] | None = None, flow_run_id: str | None = None) -> dict[str, Any]:
+               extra_tags: dict[str, str] | None = None, flow_run_id: str | None = None,
+               finetune: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fine-tune one cell (a FinetuneConfig dict) into ``out_dir`` as a complete MLflow run (a child of
-    ``parent_run_id``); a failure marks the run FAILED and re-raises. Returns finetune's result + run id/name."""
+    ``parent_run_id``); a failure marks the run FAILED and re-raises. Returns finetune's result + run id/name.
+    ``finetune``: the training function (default ``ecgmodel.downstream.finetune.finetune``)."""
     from ecgmodel.config import config_hash
     from ecgmodel.data.store import content_hash
     from ecgmodel.downstream.config import FinetuneConfig
-    from ecgmodel.downstream.finetune import finetune
     from ecgmodel.tracking import run_tags
+
+    if finetune is None:
+        from ecgmodel.downstream.finetune import finetune
 
     cfg = FinetuneConfig.model_validate(config)
     name = run_name or f"{cfg.init if cfg.init in (RANDOM, SUPERVISED) else 'ssl'}-{cfg.mode}-f{cfg.fraction:g}-s{cfg.seed}"
@@ -138,6 +142,8 @@ class Plan:
             runs = self.arm_runs(arm)
             for mode in spec.arm_modes(arm):
                 if role == TUNING:  # same grid, same budget: the arm's first pretraining run, all labels, seed 0
+                    if mode != "full":  # the linear probe is convex: its regularisation is chosen inside the cell
+                        continue
                     ref, digest = runs[0]
                     out += [Cell(TUNING, arm, digest, mode, max(spec.fractions), 0, gi, ref, 0)
                             for gi in range(len(self.grid))]  # fmt: skip
@@ -227,6 +233,9 @@ def run_ablation(
             progress(label, len(results), len(cells))
         running: dict[Any, Cell] = {}
 
+        def schedule_of(cell: Cell) -> Schedule:
+            return plan.grid[cell.grid] if cell.role == TUNING else schedules[(cell.arm, cell.mode)]
+
         def collect(future: Any, cell: Cell) -> None:
             try:
                 res = future.result()
@@ -234,7 +243,8 @@ def run_ablation(
                 log.warning("%s %s failed: %r", label, cell.name, e)
                 results.append({**cell.row(), metric: math.nan, "error": repr(e)[:500]})
             else:
-                results.append({**res, **cell.row(), "out_dir": str(Path(label) / cell.name)})
+                results.append({**res, **cell.row(), **schedule_of(cell).model_dump(),
+                                "out_dir": str(Path(label) / cell.name)})  # fmt: skip
             if progress:
                 progress(label, len(results), len(cells))
 
@@ -243,8 +253,7 @@ def run_ablation(
                 finished = next(iter(executor.as_completed(list(running))))
                 collect(finished, running.pop(finished))
             cell_out = (folder / label / cell.name).resolve()
-            schedule = plan.grid[cell.grid] if cell.role == TUNING else schedules[(cell.arm, cell.mode)]
-            fut = executor.submit(plan.cell_config(cell, schedule), str(cell_out), parent,
+            fut = executor.submit(plan.cell_config(cell, schedule_of(cell)), str(cell_out), parent,
                                   cell.name, T.cell_tags(cell, plan.hash, str(cell_out)))  # fmt: skip
             running[fut] = cell
         for finished in executor.as_completed(list(running)):
@@ -260,8 +269,8 @@ def run_ablation(
         chosen = {k: plan.grid[0] for k in keys}
         edges = {f"{a}/{m}": False for a, m in keys}
         tuned: list[dict[str, Any]] = []
-        if len(plan.grid) > 1:
-            tuning = plan.cells(TUNING)
+        tuning = plan.cells(TUNING) if len(plan.grid) > 1 else []
+        if tuning:
             tuned = run_cells(tuning, TUNING, chosen)
             errors = [r for r in tuned if r.get("error")]
             frame = pd.DataFrame(tuned)
@@ -274,11 +283,12 @@ def run_ablation(
                                    f"{errors[0]['name']}: {errors[0]['error']}")  # fmt: skip
             score = f"best_val_{plan.base.primary_metric}"
             picked = choose_schedule(frame, score)
-            chosen = {k: Schedule(**v) for k, v in picked.items()}
-            edges = {f"{a}/{m}": e for (a, m), e in schedule_edges([g.model_dump() for g in plan.grid], picked).items()}
-        schedules = {f"{a}/{m}": s.model_dump() for (a, m), s in chosen.items()}
+            chosen.update({k: Schedule(**v) for k, v in picked.items()})
+            edges.update({f"{a}/{m}": e for (a, m), e in
+                          schedule_edges([g.model_dump() for g in plan.grid], picked).items()})  # fmt: skip
+        schedules = {f"{a}/{m}": s.model_dump() for (a, m), s in chosen.items() if m == "full"}
         log.info("schedules chosen on validation: %s", schedules)
-        if len(plan.grid) > 1:
+        if tuning:
             T.log_params(parent, {"chosen_schedules": json.dumps(schedules)})
 
         cells = plan.cells(CELL)

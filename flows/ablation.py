@@ -87,11 +87,12 @@ def ablation_flow(
     """Run every cell and report label efficiency on the parent MLflow run. None: the spec's default
     (``ecgmodel.ablation.spec.AblationSpec``). ``encoder``: the pretraining run(s) of arm ``ssl``; ``encoders``:
     SSL arm -> pretraining run(s) (pretext ablation)."""
+    values = spec_values(dict(locals()))  # the arguments only: taken before anything else is bound here
     from ecgmodel.ablation.runner import run_ablation
     from ecgmodel.downstream.report import table_rows
 
     logger = get_run_logger()
-    spec = build_spec(**spec_values(locals()))
+    spec = build_spec(**values)
     from prefect.runtime import flow_run
 
     result = run_ablation(spec, PrefectExecutor(), logger, flow_run.get_id(), _progress(spec.task))

@@ -344,6 +344,15 @@ def headline_markdown(info: dict[str, Any], cells: Cells, ev: pd.DataFrame, ltm:
     """The headline of one ablation (report.md, the parent run's description, the Prefect artifact)."""
     task, metric, margin = info["task"], info["metric"], float(info["margin"])
     lines = [f"## {task}: label efficiency ({metric})", ""]
+    spec = info.get("spec") or {}
+    if spec:
+        runs = info.get("pretraining_runs") or {}
+        budget = ", ".join(f"{k} {v}" for k, v in (info.get("budget") or {}).items())
+        lines += [f"Settings: arms {', '.join(info.get('arms') or [])}; pretraining runs per SSL arm "
+                  f"{', '.join(f'{a} {len(r)}' for a, r in runs.items()) or '-'}; modes {', '.join(spec['modes'])}; "
+                  f"fractions {', '.join(f'{f:g}' for f in spec['fractions'])}; {spec['seeds']} fine-tuning seeds; "
+                  f"budget per cell: {budget or '-'}; store content `{info.get('store_hash', '-')}`; parent run "
+                  f"`{info.get('parent_run_id', '-')}`.", ""]  # fmt: skip
     n_failed = int((cells.frame["error"] != "").sum())
     if n_failed:
         lines += [f"> **{n_failed} of {len(cells.frame)} fine-tuning cells failed**; the figures use the others.", ""]

@@ -306,6 +306,8 @@ def run_ablation(
             "schedule_edges": edges, "ablation_hash": plan.hash, "parent_run_id": parent, "experiment": experiment,
             "pretraining_runs": {a: [{"ref": r, "id": d} for r, d in p] for a, p in plan.pretrain.items()},
             "spec": spec.model_dump(mode="json"), "store_hash": plan.store_hash,
+            "budget": {f"optim.{k}": v for k, v in plan.base.optim.model_dump().items()
+                       if k in ("epochs", "patience", "batch_size")},
         }  # fmt: skip
         (folder / SPEC_FILE).write_text(json.dumps(info, indent=1, default=str))
         report = build_report(frame, info, folder)

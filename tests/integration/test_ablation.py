@@ -229,10 +229,15 @@ def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file
     ltm = res["labels_to_match"]
     if math.isnan(ltm):
         assert math.isnan(parent.data.metrics["labels_to_match"])  # logged as NaN, not left out
-        assert parent.data.tags["ecgssl.labels_to_match"] == "not reached"
+        assert parent.data.metrics["labels_to_match_reached"] == 0.0  # what the MLflow UI shows
     else:
         assert parent.data.metrics["labels_to_match"] == ltm
         assert evidence.loc[evidence["fraction"] >= ltm, "non_inferior"].all()
+    # printed: the value, "not reached", or withheld when an arm was budget-limited (3 epochs here)
+    assert parent.data.tags["ecgssl.labels_to_match"] == res["labels_to_match_text"]
+    limited = {a: parent.data.metrics[f"budget_limited_{a}_full"] for a in ("random", "ssl")}
+    if limited["random"] or limited["ssl"]:
+        assert "withheld" in res["labels_to_match_text"] and "budget-limited" in parent.data.tags["mlflow.note.content"]
     assert "labels to match" in parent.data.tags["mlflow.note.content"]
 
     # subsets of one seed are identical across inits and nested across fractions

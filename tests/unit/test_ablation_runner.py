@@ -219,3 +219,19 @@ def test_report_folder_is_refused_when_it_is_not_one(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps({}))
     with pytest.raises(UserError):
         rederive(tmp_path)
+
+
+def test_pipeline_summary_prints_withheld_gains_and_the_report_folder():
+    from ecgmodel.pipeline_config import PipelineConfig
+    from ecgmodel.report import render_summary
+
+    res = {"parent_run_id": "p1", "labels_to_match_text": "withheld: random budget-limited at 1",
+           "gains": {"0.5": 0.04, "1": 0.02}, "gain_ci": {"0.5": [0.01, 0.07], "1": [-0.01, 0.05]},
+           "significant": {"0.5": True, "1": False}, "withheld": {"0.5": "", "1": "withheld: random budget-limited at 1"},
+           "budget_limited": {"random/full": 2, "ssl/full": 0}, "report_dir": "runs/ablation/x-abc-p1"}  # fmt: skip
+    md = render_summary(PipelineConfig.demo(), "sqlite:///x", {}, {}, {"localization": res}, 50, None)
+    assert "0.5: +0.040 [+0.010, +0.070]" in md
+    assert "1: withheld: random budget-limited at 1" in md and "+0.020" not in md
+    assert "random/full: 2" in md and "ssl/full" not in md.split("budget-limited cells")[1].split("\n")[0]
+    assert "labels to match" in md and "| withheld: random budget-limited at 1 |" in md
+    assert "`runs/ablation/x-abc-p1`" in md

@@ -74,3 +74,33 @@ def test_a_bootstrap_that_cannot_vary_gives_no_verdict(tmp_path):
     assert rep["metrics"]["labels_to_match_reached"] == 0.0
     assert TOO_FEW_RECORDS in rep["markdown"] and rep["withheld"]["0.5"] == TOO_FEW_RECORDS
     assert not any(rep["significant"].values())
+
+
+def test_edge_of_grid_choices_are_withheld_in_print_and_kept_in_the_metrics(tmp_path):
+    from ecgmodel.ablation.report import build_report
+    from ecgmodel.downstream.ablation import schedule_edges
+
+    grid = [{"lr": 3e-4}, {"lr": 1e-3}, {"lr": 3e-3}]
+    edges = schedule_edges(grid, {("random", "full"): {"lr": 3e-3}, ("ssl", "full"): {"lr": 1e-3}})
+    assert edges == {("random", "full"): True, ("ssl", "full"): False}
+    assert schedule_edges([{"lr": 1e-3}, {"lr": 1e-3}], {("ssl", "full"): {"lr": 1e-3}}) == {("ssl", "full"): False}
+    rows = []
+    for init, rate in (("random", 0.6), ("ssl", 0.8)):
+        for f in (0.5, 1.0):
+            for s in range(2):
+                out = tmp_path / f"{init}-{f}-{s}"
+                out.mkdir()
+                p = run(rate, 10 * s + int(10 * f) + (0 if init == "random" else 100))
+                np.savez(out / "test_predictions.npz", keys=p.keys, y=p.y, probs=p.probs, outputs=p.outputs,
+                         classes=np.array(p.classes))  # fmt: skip
+                rows.append({"mode": "full", "init": init, "fraction": f, "seed": s, "out_dir": str(out),
+                             "test_accuracy": acc(p), "grid_edge": False})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame["init"] == "ssl") & (frame["fraction"] == 0.5), "grid_edge"] = True  # a probe's C at its edge
+    info = {"task": "localization", "metric": "test_accuracy", "modes": ["full"], "ssl_arms": ["ssl"], "margin": 0.01,
+            "bootstrap_samples": 100, "schedule_edges": {"random/full": True, "ssl/full": False}}  # fmt: skip
+    rep = build_report(frame, info, tmp_path / "rep", plot=False)
+    assert rep["withheld"]["1"] == "withheld: random schedule chosen at the edge of its grid"
+    assert rep["withheld"]["0.5"].startswith("withheld: ssl regularisation at its grid edge at 0.5")
+    assert math.isfinite(rep["metrics"]["gain_at_0.5"]) and rep["metrics"]["gain_at_0.5"] > 0.1  # kept in MLflow
+    assert rep["labels_to_match_text"].startswith("withheld:") and "0.200" not in rep["markdown"].split("| mode |")[0]

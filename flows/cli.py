@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "flows.pretrain",   # pretrain
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
+    "flows.report",     # report
     "flows.embed",      # embed
     "flows.labels",     # labels
     "flows.predict",    # predict

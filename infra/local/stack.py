@@ -17,7 +17,7 @@ Credentials reach the services through environment variables set from the secret
 (``PGPASSWORD``, ``PREFECT_SERVER_API_AUTH_STRING``, ...): never on a command line or in a URL. Each service runs
 in its own process group and carries ``ECGSSL_STACK_DIR`` in its environment; ``down`` signals the groups in its
 pid files (checked against the recorded start time, so a reused pid is never signalled), then any process left
-that carries this state folder's marker.
+that carries this state folder's service marker (``ECGSSL_STACK_SERVICE``: a flow run the worker started).
 
 Ports default to infra/services.yaml; ``ECGSSL_STACK_<NAME>_PORT`` overrides one (POSTGRES, PREFECT, MLFLOW,
 DASK, DASK_DASHBOARD). When run as root, PostgreSQL runs as ``$ECGSSL_STACK_PG_USER`` (default ``postgres``, else
@@ -45,6 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SPEC_FILE = REPO / "infra" / "services.yaml"
 BIN = Path(sys.executable).parent
+MARKER = "ECGSSL_STACK_SERVICE"  # in every service's environment (and so its children's): whose they are
 ORDER = ["postgres", "prefect-server", "mlflow-server", "dask-scheduler", "dask-worker-0", "dask-worker-1",
          "prefect-worker-cpu"]  # fmt: skip
 PORT_ENV = {"postgres": "POSTGRES", "prefect": "PREFECT", "mlflow": "MLFLOW", "dask": "DASK",
@@ -122,6 +123,7 @@ class Stack:
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_", "PG"))}  # fmt: skip
+        env.pop(MARKER, None)
         env.update(ECGSSL_STACK_DIR=str(self.dir), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                    DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    DASK_TEMPORARY_DIRECTORY=str(self.dir / "dask"))  # fmt: skip
@@ -217,7 +219,7 @@ class Stack:
         with open(self.logs / f"{name}.log", "ab") as log:
             log.write(f"--- {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} start\n".encode())
             log.flush()
-            proc = subprocess.Popen(cmd, env=env, cwd=cwd or self.dir, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, env=dict(env, **{MARKER: str(self.dir)}), cwd=cwd or self.dir, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         self._record(name, proc.pid, proc.pid)
 
@@ -307,7 +309,7 @@ class Stack:
             return
         self._pg_init()
         self._pg_conf()
-        env = dict(self.base_env(), LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        env = dict(self.base_env(), LC_ALL="C.UTF-8", LANG="C.UTF-8", **{MARKER: str(self.dir)})
         log = self.pg / "postgres.log"
         subprocess.run([str(self.pg_bin / "pg_ctl"), "-D", str(self.pg / "data"), "-l", str(log), "-w", "-t", "60",
                         "start"], env=env, cwd=self.pg, check=True, capture_output=True, **self._as_pg_user())  # fmt: skip
@@ -489,7 +491,15 @@ class Stack:
         return time.monotonic() - t0
 
     def down(self, quiet: bool = False) -> list[str]:
-        stopped = [name for name in reversed(ORDER) if self.stop(name)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        stopped = []
+        # clients first, then the servers, then the database; each phase in parallel
+        phases = [["prefect-worker-cpu", "dask-worker-0", "dask-worker-1"],
+                  ["dask-scheduler", "mlflow-server", "prefect-server"], ["postgres"]]  # fmt: skip
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            for phase in phases:
+                stopped += [name for name, ran in zip(phase, pool.map(self.stop, phase), strict=True) if ran]
         for name in self.leftovers():  # a flow-run process of the worker, a nanny's child: anything carrying our marker
             stopped.append(name)
         if not quiet:
@@ -497,13 +507,16 @@ class Stack:
         return stopped
 
     def leftovers(self, kill: bool = True) -> list[str]:
-        """Processes still carrying this state folder's marker (ECGSSL_STACK_DIR) in their environment."""
+        """Processes still carrying this state folder's service marker in their environment (never this process
+        or its ancestors)."""
         import psutil
 
+        me = psutil.Process()
+        mine = {me.pid} | {p.pid for p in me.parents()}
         found = []
         for proc in psutil.process_iter(["pid", "name"]):
             try:
-                if proc.pid == os.getpid() or proc.environ().get("ECGSSL_STACK_DIR") != str(self.dir):
+                if proc.pid in mine or proc.environ().get(MARKER) != str(self.dir):
                     continue
                 found.append(f"{proc.info['name']}[{proc.pid}]")
                 if kill:

@@ -499,7 +499,10 @@ class Stack:
                   ["dask-scheduler", "mlflow-server", "prefect-server"], ["postgres"]]  # fmt: skip
         with ThreadPoolExecutor(max_workers=3) as pool:
             for phase in phases:
-                stopped += [name for name, ran in zip(phase, pool.map(self.stop, phase), strict=True) if ran]
+                t0 = time.monotonic()
+                ran = list(pool.map(self.stop, phase))
+                took = time.monotonic() - t0
+                stopped += [f"{name} ({took:.1f} s)" for name, r in zip(phase, ran, strict=True) if r]
         for name in self.leftovers():  # a flow-run process of the worker, a nanny's child: anything carrying our marker
             stopped.append(name)
         if not quiet:

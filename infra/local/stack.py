@@ -386,6 +386,9 @@ class Stack:
                    "--nthreads", str(self.spec["dask"]["nthreads"]), "--host", bind, "--dashboard-address", f"{bind}:0",
                    "--name", f"stack-{name.rsplit('-', 1)[1]}",
                    "--tls-ca-file", str(tls["ca"]), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]  # fmt: skip
+            # in the checkout, like the flow runs of the cpu worker (ECGSSL_HOME): relative raw_dir paths that the
+            # client sends resolve to the same files here
+            return self.spawn(name, cmd, env, cwd=REPO)
         elif name == "prefect-worker-cpu":
             env = self.client_env()
             env.update(ECGSSL_HOME=str(REPO), PREFECT_HOME=str(self.dir / "prefect-worker"))
@@ -417,9 +420,13 @@ class Stack:
                         return
                     last = f"HTTP {r.status_code}"
                 elif name == "dask-scheduler":
-                    if self.dask_workers(timeout=5) >= self.spec["dask"]["workers"]:
+                    if len(self.dask_workers(timeout=5)) >= self.spec["dask"]["workers"]:
                         return
                     last = "workers not connected yet"
+                elif name.startswith("dask-worker-"):
+                    if f"stack-{name.rsplit('-', 1)[1]}" in self.dask_workers(timeout=5):
+                        return
+                    last = "not connected to the scheduler yet"
                 else:
                     return
             except Exception as e:  # noqa: BLE001 - not up yet
@@ -427,7 +434,8 @@ class Stack:
             time.sleep(0.5)
         raise StackError(f"{name} not ready after {timeout:.0f} s ({last}); log:\n{self.tail(name)}")
 
-    def dask_workers(self, timeout: float = 10) -> int:
+    def dask_workers(self, timeout: float = 10) -> list[str]:
+        """Names of the workers connected to the scheduler."""
         from distributed import Client
         from distributed.security import Security
 
@@ -435,29 +443,30 @@ class Stack:
         sec = Security(tls_ca_file=str(tls["ca"]), tls_client_cert=str(tls["cert"]), tls_client_key=str(tls["key"]),
                        require_encryption=True)  # fmt: skip
         with Client(self.dask_address, security=sec, timeout=timeout) as client:
-            return len(client.scheduler_info(n_workers=-1)["workers"])
+            return sorted(w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
 
     def tail(self, name: str, n: int = 2000) -> str:
         path = self.pg / "postgres.log" if name == "postgres" else self.logs / f"{name}.log"
         return path.read_text(errors="replace")[-n:] if path.is_file() else "(no log)"
 
     def create_pools(self) -> None:
-        """The cpu pool from infra/work-pools/process-cpu.json and the store-writer tag limit, over the REST API
-        (what infra/work-pools/create-pools.sh does, without starting the CLI four times)."""
+        """The cpu and gpu pools from infra/work-pools/process-*.json and the store-writer tag limit, over the REST
+        API (what infra/work-pools/create-pools.sh does, without starting the CLI six times). The stack's worker
+        serves the cpu pool; the gpu pool exists so that every deployment of prefect.yaml has its pool."""
         import requests
 
         auth = tuple(self.secret("prefect_auth").split(":", 1))
-        pool = self.spec["prefect"]["pool"]
-        template = json.loads((REPO / "infra" / "work-pools" / f"process-{pool}.json").read_text())
-        r = requests.get(f"{self.prefect_api}/work_pools/{pool}", auth=auth, timeout=10)
-        if r.status_code == 404:
-            r = requests.post(f"{self.prefect_api}/work_pools/", auth=auth, timeout=10,
-                              json={"name": pool, "type": "process", "base_job_template": template})  # fmt: skip
-        else:
-            r = requests.patch(f"{self.prefect_api}/work_pools/{pool}", auth=auth, timeout=10,
-                               json={"base_job_template": template})  # fmt: skip
-        if r.status_code >= 300:
-            raise StackError(f"creating the {pool} work pool failed: HTTP {r.status_code} {r.text[:300]}")
+        for pool in ("cpu", "gpu"):
+            template = json.loads((REPO / "infra" / "work-pools" / f"process-{pool}.json").read_text())
+            r = requests.get(f"{self.prefect_api}/work_pools/{pool}", auth=auth, timeout=10)
+            if r.status_code == 404:
+                r = requests.post(f"{self.prefect_api}/work_pools/", auth=auth, timeout=10,
+                                  json={"name": pool, "type": "process", "base_job_template": template})  # fmt: skip
+            else:
+                r = requests.patch(f"{self.prefect_api}/work_pools/{pool}", auth=auth, timeout=10,
+                                   json={"base_job_template": template})  # fmt: skip
+            if r.status_code >= 300:
+                raise StackError(f"creating the {pool} work pool failed: HTTP {r.status_code} {r.text[:300]}")
         requests.post(f"{self.prefect_api}/concurrency_limits/", auth=auth, timeout=10,
                       json={"tag": "store-writer", "concurrency_limit": 1})  # fmt: skip
 
@@ -644,10 +653,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop(args.service)
             if args.cmd == "restart":
                 stack.start(args.service)
-                stack.wait(args.service if not args.service.startswith("dask-worker") else "dask-scheduler")
+                stack.wait(args.service)
         elif args.cmd == "start":
             stack.start(args.service)
-            stack.wait(args.service if not args.service.startswith("dask-worker") else "dask-scheduler")
+            stack.wait(args.service)
     except StackError as e:
         print(f"stack: {e}", file=sys.stderr)
         return 2

@@ -99,7 +99,7 @@ def test_up_starts_every_service_and_status_says_where(stack):
     assert s.dask_address in st.stdout and s.prefect_api in st.stdout and s.mlflow_uri in st.stdout
     # the dashboard (bokeh) answers; the scheduler has the two TLS workers
     assert requests.get(s.dashboard, timeout=10).status_code == 200
-    assert s.dask_workers() == 2
+    assert s.dask_workers() == ["stack-0", "stack-1"]
     # PostgreSQL holds the state of both servers
     q = subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(s.ports["postgres"]), "-U", "ecgssl",
                         "-d", "prefect", "-Atc", "select count(*) from work_pool where name = 'cpu'"],
@@ -410,7 +410,7 @@ def test_dask_worker_killed_mid_ingest_gives_the_undisturbed_store(stack, refere
         if killed:
             s.stop(killed)
             s.start(killed)
-            s.wait("dask-scheduler")
+            s.wait(killed)
     assert killed, f"no conversion task was ever seen on the cluster:\n{err[-3000:]}"
     assert proc.returncode == 0, (out + err)[-4000:]
     summary = json.loads(out[re.search(r"^\{$", out, re.M).start():])  # --json: the summary on stdout

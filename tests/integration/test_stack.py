@@ -502,7 +502,7 @@ def test_down_stops_everything_up_started(stack):
     assert len(pids) == len(stack_mod.ORDER)
     t0 = time.monotonic()
     out = sh(["down"], stack["env"], timeout=180)
-    print(f"stack down in {time.monotonic() - t0:.1f} s")
+    print(f"stack down in {time.monotonic() - t0:.1f} s: {out.stdout.strip()}")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not list(s.run.glob("*.json"))
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

@@ -577,13 +577,29 @@ class Stack:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Zombies do not count (a service restarted from this
+    process is its child: reap it here, or it would look alive until this process exits)."""
+    import psutil
+
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+            try:
+                os.waitpid(proc.pid, os.WNOHANG)  # ours: reap it
+            except ChildProcessError:
+                pass
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return False
 
 
 def make_certificates(name: str) -> tuple[bytes, bytes, bytes, bytes]:

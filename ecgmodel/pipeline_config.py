@@ -66,6 +66,13 @@ class PretrainSection(BaseModel):
         description='Dotted-key overrides of the preset, e.g. {"optim.lr": 0.0003}; validated by its config.',
     )
     resume: bool = Field(True, description="Continue from the newest checkpoint in `out` when there is one.")
+    runs: int = Field(
+        1, ge=1, le=20,
+        description="Pretraining runs per SSL arm (K). Run k > 0 uses `run.seed` + k, trains into <out>-seed<k> and "
+        "is not registered (the first run is the registered encoder). The ablations resample the K runs in their "
+        "hierarchical bootstrap, so pretraining variance is inside the CIs: 1 for the demo, at least 3 for any "
+        "reported run (docs/protocol.md).",
+    )
     out: str = Field(
         "runs/pretrain",
         description="Base folder for checkpoints and the exported encoder. The pipeline trains into "

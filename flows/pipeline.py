@@ -140,7 +140,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = Fal
     # 2. pretrain: keyed on the config and the store's content hash; reads the train split of the store's split
     # assignment (linked to PTB-XL's patients when its metadata is at hand), the one the ablations use
     split_overrides = split_settings(cfg)
-    pretrain_cfg = cfg.pretrain.model_dump()
+    pretrain_cfg = cfg.pretrain.model_dump(exclude={"runs"})  # runs: how many pretraining stages, below
     pretrain_cfg["overrides"] = {**pretrain_cfg["overrides"],
                                  **{f"data.split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
     pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
@@ -176,6 +176,19 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = Fal
             arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
             arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}", refresh_cache=refresh)(
                 arm_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh)["encoder_path"]  # fmt: skip
+    # K pretraining runs per SSL arm: runs 1..K-1 of every arm (seed + k, own folder, not registered); the
+    # ablations get each arm's K encoders and resample them in the hierarchical bootstrap
+    arm_runs: dict[str, list[str]] = {arm: [path] for arm, path in (arms or {"ssl": encoder}).items()}
+    for k in range(1, cfg.pretrain.runs):
+        for arm in arm_runs:
+            mode = arm.removeprefix("ssl-") if arm != "ssl" else None
+            base = pretrain_config_seed(pretrain_cfg["overrides"])
+            extra = {**pretrain_cfg["overrides"], "run.seed": base + k, "run.register_model": False,
+                     **({"ssl.mode": mode} if mode else {})}  # fmt: skip
+            out_k = pretrain_cfg["out"] + (f"-{mode}" if mode and mode != _main_mode(cfg, pretrain_cfg) else "")
+            run_cfg = dict(pretrain_cfg, overrides=extra, out=f"{out_k}-seed{k}")
+            arm_runs[arm].append(pretrain_stage.with_options(name=f"pretrain-{arm}-seed{k}", refresh_cache=refresh)(
+                run_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh)["encoder_path"])  # fmt: skip
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI. A failed
@@ -185,11 +198,14 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = Fal
         ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation", "final_models"})
         ablation_cfg["overrides"] = {**ablation_cfg["overrides"],
                                      **{f"split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
-        if arms:
-            ablation_cfg["encoders"] = arms
+        if arms or cfg.pretrain.runs > 1:
+            ablation_cfg["encoders"] = arm_runs
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
-        args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
+        runs_hash = encoder_hash if cfg.pretrain.runs == 1 else "+".join(
+            str(file_fingerprint(p)) for refs in arm_runs.values() for p in refs)  # every pretraining run's content
+        args = (name, ablation_cfg, cfg.ingest.store, store_hash, None if "encoders" in ablation_cfg else encoder,
+                runs_hash, uri)
         stage = ablation_stage.with_options(name=f"ablation-{name}", refresh_cache=refresh)
         state = stage(*args, return_state=True)
         res = state.result(raise_on_failure=False) if state.is_completed() else None
@@ -259,6 +275,17 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = Fal
         logger.error("pipeline failed: %s", message)
         return Failed(message=message, data=PipelineFailed(message, result))
     return result
+
+
+def pretrain_config_seed(overrides: dict[str, Any]) -> int:
+    """The ``run.seed`` of the first pretraining run (the preset's unless overridden)."""
+    return int(overrides.get("run.seed", 0))
+
+
+def _main_mode(cfg: PipelineConfig, pretrain_cfg: dict[str, Any]) -> str:
+    from ecgmodel.train.pretrain import build_config as pretrain_config
+
+    return pretrain_config(cfg.pretrain.preset, pretrain_cfg["overrides"]).ssl.mode
 
 
 def final_models(cfg: PipelineConfig, ablations: dict[str, dict[str, Any]], arms: dict[str, str],

@@ -42,6 +42,7 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     cfg = small_config(tmp_path)
+    cfg.pretrain.runs = 2  # K pretraining runs: the ablation's SSL arm gets both
     client = MlflowClient()
 
     first = pipeline_flow(cfg)
@@ -51,6 +52,12 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     assert encoder.is_file() and encoder.parent.name.startswith(store_hash)  # checkpoints keyed on the data
     abl = first["ablations"]["localization"]
     assert Path(abl["summary_csv"]).is_file() and Path(abl["plot"]).is_file()
+    import pandas as pd
+
+    cells = pd.read_csv(Path(abl["summary_csv"]).parent / "cells.csv")
+    ssl_cells = cells[(cells["init"] == "ssl") & (cells["role"] == "cell")]
+    assert ssl_cells["pretrain_id"].nunique() == 2  # both pretraining runs were fine-tuned from
+    assert (tmp_path / "pretrain").is_dir() and any(p.name.endswith("-seed1") for p in (tmp_path / "pretrain").iterdir())
 
     # MLflow: the pipeline's own run links every stage and carries the standard tags
     run = client.get_run(first["pipeline_run_id"])

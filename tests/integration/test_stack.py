@@ -55,12 +55,22 @@ def sh(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess
     return subprocess.run([str(STACK_SH), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def traversable_tmp() -> str:
+    """A temporary folder whose every ancestor others may traverse: the system's (``TMPDIR``) when it is, else
+    /tmp or /var/tmp (CI's TMPDIR is a private mktemp folder that PostgreSQL's user cannot enter)."""
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(base).resolve()
+        if path.is_dir() and all(os.stat(p).st_mode & 0o001 for p in (path, *path.parents)):
+            return str(path)
+    pytest.fail("no temporary folder that PostgreSQL's unprivileged user can traverse (tried $TMPDIR, /tmp, /var/tmp)")
+
+
 @pytest.fixture(scope="module")
 def stack():
     if not (PG_BIN / "initdb").is_file():
         pytest.fail(f"PostgreSQL binaries not found in {PG_BIN} (install postgresql-15 or set ECGSSL_PG_BIN)")
     # a folder PostgreSQL's unprivileged user can traverse (pytest's own tmp folders are private to root)
-    state = Path(tempfile.mkdtemp(prefix="ecgssl-stack-"))
+    state = Path(tempfile.mkdtemp(prefix="ecgssl-stack-", dir=traversable_tmp()))
     os.chmod(state, 0o711)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "ECGSSL_STACK_"))}
     env.update(ECGSSL_STACK_DIR=str(state), ECGSSL_PYTHON=sys.executable, ECGSSL_PG_BIN=str(PG_BIN))

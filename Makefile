@@ -1,6 +1,6 @@
 # ecgssl - two commands on a fresh machine:
 #   make demo   installs (.venv) then runs the whole pipeline on the bundled real sample
-#   make test   installs (.venv) then runs the test suite (everything except GPU tests)
+#   make test   installs (.venv) then runs the test suite (everything except GPU and nightly tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install demo test test-fast lint bench ui clean clean-all
+.PHONY: install demo test test-fast test-nightly lint bench ui clean clean-all stack-up stack-down stack-status
 
 # (Re)create the venv when it is missing or older than the dependency files. Plain pip (not uv): pip's
 # configuration picks the right torch build; the constraints file pins torch.
@@ -33,7 +33,21 @@ demo: $(STAMP)
 	$(BIN)/ecgssl pipeline --demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not nightly" $(PYTEST_ARGS)
+
+# the long runs through the whole local stack (pipeline-demo, ingest with a server restart or a worker killed)
+test-nightly: $(STAMP)
+	$(BIN)/python -m pytest -m "nightly" $(PYTEST_ARGS)
+
+# the production stack as processes on this machine (infra/local; state in $$ECGSSL_STACK_DIR, default .stack/)
+stack-up: $(STAMP)
+	infra/local/stack.sh up
+
+stack-down:
+	infra/local/stack.sh down
+
+stack-status:
+	infra/local/stack.sh status
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu and not server" $(PYTEST_ARGS)

@@ -199,6 +199,43 @@ def embed_store(
     return {p: table.assign(vector=list(vectors[:, dims[i] : dims[i + 1]])) for i, p in enumerate(pools)}
 
 
+@torch.no_grad()
+def embed_windows(
+    encoder: Encoder,
+    input_samples: int,
+    signal: np.ndarray,
+    lead_present: np.ndarray,
+    valid_length: np.ndarray,
+    record_index: np.ndarray,
+    n_records: int,
+    *,
+    pooling: Pooling = DEFAULT_POOLING,
+    batch_size: int = 32,
+    device: str = "cpu",
+    min_std_uv: float = 10.0,
+) -> np.ndarray:
+    """float32 (n_records, dim) from in-memory windows: int16 ``signal`` (W, 12, T), ``lead_present`` (W, 12),
+    ``valid_length`` (W,), ``record_index`` (W,) -> the same crops, standardisation, pooling and mean over a
+    record's crops as :func:`embed_store` (used for files that are not in a store: ``ecgssl embed --input``)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+    window = signal.shape[-1]
+    crops = [(w, s) for w in range(len(signal)) for s in crop_starts(int(valid_length[w]), window, input_samples)]
+    feats = []
+    for begin in range(0, len(crops), batch_size):
+        part = crops[begin : begin + batch_size]
+        xs = np.stack([signal[w, :, s : s + input_samples] for w, s in part])
+        x = standardize(torch.from_numpy(xs).to(device), min_std_uv)
+        lp = torch.from_numpy(np.asarray(lead_present)[[w for w, _ in part]]).to(device)
+        feats.append(pool(encoder(x), lp, pooling).float().cpu().numpy())
+    f = np.concatenate(feats)
+    owner = np.asarray(record_index)[[w for w, _ in crops]]
+    sums = np.zeros((n_records, f.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, f)
+    counts = np.bincount(owner, minlength=n_records)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
 def _pool_dim(pooling: str, cfg: EncoderConfig) -> int:
     return {"mean": 1, "mean-max": 2, "lead-mean": cfg.n_leads}[pooling] * cfg.d_model
 
@@ -213,7 +250,7 @@ def write_embeddings(table: pd.DataFrame, path: str | Path, metadata: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     dim = len(table["vector"].iloc[0]) if len(table) else 0
     flat = np.concatenate(table["vector"].to_list()).astype(np.float32) if len(table) else np.zeros(0, np.float32)
-    cols = {c: pa.array(table[c].to_numpy()) for c in COLUMNS if c != "vector"}
+    cols = {c: pa.array(table[c].to_numpy()) for c in table.columns if c != "vector"}
     cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
     tbl = pa.table(cols)
     tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}),
@@ -238,7 +275,7 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict[st
 
 
 def embed_to_file(
-    store: str | Path,
+    store: str | Path | None,
     out: str | Path,
     encoder: str | Path | None = None,
     *,
@@ -249,11 +286,18 @@ def embed_to_file(
     batch_size: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    inputs: Sequence[str | Path] | None = None,
 ) -> dict:
-    """``ecgssl embed``: embed ``store`` with ``encoder`` (or, with ``random``, a seeded random encoder of the
+    """``ecgssl embed``: embed ``store`` (or the WFDB/EDF files, folders and stores of ``inputs``: columns record,
+    input, n_windows, warnings, error, vector; see :func:`ecgmodel.predict.embed_inputs`) with ``encoder`` (or, with ``random``, a seeded random encoder of the
     architecture of ``encoder``/``arch``, or of the ``cpu`` preset when neither is given) into ``out``.
     Returns a small summary (records, dim, seconds)."""
     t0 = time.perf_counter()
+    if inputs:
+        return _embed_inputs_to_file(inputs, out, encoder, random=random, arch=arch, seed=seed, pooling=pooling,
+                                     batch_size=batch_size, device=device, threads=threads, t0=t0)  # fmt: skip
+    if store is None:
+        raise ValueError("give a store or inputs to embed")
     if random:
         ref = arch or encoder
         if ref is None:
@@ -272,3 +316,32 @@ def embed_to_file(
     return {"out": str(out), "records": len(table), "dim": len(table["vector"].iloc[0]),
             "crops": int(table["n_crops"].sum()), "seconds": round(time.perf_counter() - t0, 2), "encoder": source,
             "pooling": pooling}
+
+
+def _embed_inputs_to_file(inputs, out, encoder, *, random, arch, seed, pooling, batch_size, device, threads,
+                          t0) -> dict:
+    from ecgmodel.predict import LoadedModel, embed_inputs, load_model
+    from ecgmodel.serving.contract import Contract
+
+    if threads:
+        torch.set_num_threads(threads)
+    if random:
+        ref = arch or encoder
+        if ref is None:
+            from ecgmodel.train.config import preset
+
+            ref = preset("cpu").encoder
+        enc, cfg = random_encoder(ref, seed)
+        model = LoadedModel("encoder", enc.eval(), Contract(kind="encoder", input_samples=cfg.input_samples,
+                                                            pooling=pooling), f"random(seed={seed})")  # fmt: skip
+    else:
+        if encoder is None:
+            raise ValueError("give --encoder (a path, run id, runs:/ or models:/ URI), or --random")
+        model = load_model(str(encoder))
+    table = embed_inputs(model, [str(p) for p in inputs], pooling, batch_size or default_batch_size(device), device)
+    write_embeddings(table, out, {"encoder": model.source, "pooling": pooling,
+                                  "inputs": ";".join(str(p) for p in inputs)})  # fmt: skip
+    ok = table["error"] == ""
+    return {"out": str(out), "records": len(table), "embedded": int(ok.sum()), "unusable": int((~ok).sum()),
+            "dim": len(table["vector"].iloc[0]) if len(table) else 0, "seconds": round(time.perf_counter() - t0, 2),
+            "encoder": model.source, "pooling": pooling}

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ecgmodel.ablation.spec import AblationSettings
 from ecgmodel.config import apply_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,13 @@ class PretrainSection(BaseModel):
         description='Dotted-key overrides of the preset, e.g. {"optim.lr": 0.0003}; validated by its config.',
     )
     resume: bool = Field(True, description="Continue from the newest checkpoint in `out` when there is one.")
+    runs: int = Field(
+        1, ge=1, le=20,
+        description="Pretraining runs per SSL arm (K). Run k > 0 uses `run.seed` + k, trains into <out>-seed<k> and "
+        "is not registered (the first run is the registered encoder). The ablations resample the K runs in their "
+        "hierarchical bootstrap, so pretraining variance is inside the CIs: 1 for the demo, at least 3 for any "
+        "reported run (docs/protocol.md).",
+    )
     out: str = Field(
         "runs/pretrain",
         description="Base folder for checkpoints and the exported encoder. The pipeline trains into "
@@ -80,8 +88,10 @@ class PretrainSection(BaseModel):
     )
 
 
-class AblationSection(BaseModel):
-    """Parameters of ``flows.ablation.ablation_flow``, run once per downstream task."""
+class AblationSection(AblationSettings):
+    """Parameters of ``flows.ablation.ablation_flow``, run once per downstream task. The shared keys and their
+    defaults are those of ``ecgmodel.ablation.spec.AblationSettings`` (one source for the CLI, the flow and this
+    section); the keys below are the pipeline's own."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -90,50 +100,19 @@ class AblationSection(BaseModel):
         description="Downstream tasks: arrhythmia (Challenge 2020 metric), origin localization, and the PTB-XL "
         "diagnostic-superclass benchmark (macro AUROC).",
     )
-    fractions: list[float] = Field(
-        default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0],
-        description="Fractions of the labelled training set (nested subsets), each in (0, 1].",
-    )
-    seeds: int = Field(5, ge=1, description="Repeats per (fraction, mode, init) with different subsets/seeds.")
-    margin: float = Field(
-        0.01, ge=0, description="Non-inferiority margin of labels_to_match, in units of the task's metric "
-        "(smallest fraction whose lower 95% CI bound of SSL(f) - random(100%) is >= -margin from there on).",
-    )
-    bootstrap_samples: int = Field(1000, ge=10, description="Paired-bootstrap replicates behind every CI.")
-    schedule_grid: list[dict[str, float]] | None = Field(
-        None, description="Per-init schedule grid (lr, encoder_lr_scale, warmup_fraction) chosen on validation; "
-        "None: the documented default (ecgmodel.downstream.config.DEFAULT_SCHEDULE_GRID); one point: no tuning.",
-    )
-    allow_pretrain_overlap: bool = Field(
-        False, description="Run even when the encoder was pretrained on a task's val/test recordings (reported)."
-    )
     pretext_ablation: bool = Field(
         False, description="Pretrain one encoder per pretext arm (mask only, shuffle only, joint; same budget) "
         "and compare them downstream under one MLflow parent run per task.",
     )
-    modes: list[str] = Field(
-        default_factory=lambda: ["linear", "full"],
-        description="How the encoder is trained downstream: 'linear' (frozen probe) and/or 'full' fine-tuning.",
-    )
-    inits: list[str] = Field(
-        default_factory=lambda: ["ssl", "random"],
-        description="Encoder initialisations compared: 'ssl' (pretrained) and 'random'.",
-    )
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Dotted-key overrides of the fine-tuning config (epochs, lr, ...)."
-    )
-    max_concurrent: int = Field(2, ge=1, description="Fine-tuning runs trained at the same time.")
     out_dir: str | None = Field(
-        None, description="Folder for the reports, one sub-folder per task (None: runs/ablation/<task>-<hash>)."
+        None, description="Base folder of the report folders, one sub-folder per task (None: runs/ablation); "
+        "each ablation run writes its own <task>-<hash>-<parent run id> folder inside.",
     )
-
-    @field_validator("fractions")
-    @classmethod
-    def _fractions_in_range(cls, value: list[float]) -> list[float]:
-        bad = [f for f in value if not 0.0 < f <= 1.0]
-        if bad or not value:
-            raise ValueError(f"fractions must be a non-empty list of values in (0, 1]; got {value}")
-        return sorted(set(value))
+    final_models: bool = Field(
+        True, description="After each ablation, train the task's deployable classifier (all training labels, the "
+        "init and schedule the ablation chose on validation), register it as ecgssl-<task> and move its "
+        "`champion` alias when it passes the gate (docs/use.md); the encoder's alias follows the first task's gate.",
+    )
 
 
 class PipelineConfig(BaseModel):
@@ -183,13 +162,17 @@ class PipelineConfig(BaseModel):
             pretrain=PretrainSection(
                 preset="smoke", out=".demo/pretrain", overrides={"run.ckpt_every": 50},
             ),
-            # 3 fractions x 2 inits x 2 seeds per task: two seeds give the plot an interval (still noisy: the
+            # 3 fractions x 2 arms x 2 seeds per task: two seeds give the plot an interval (still noisy: the
             # sample has a few dozen records, and the output says so)
             ablation=AblationSection(
                 tasks=["arrhythmia27", "localization"],
                 fractions=[0.25, 0.5, 1.0], seeds=2, modes=["full"], inits=["ssl", "random"], max_concurrent=2,
-                # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging
-                overrides={"optim.epochs": 5, "min_class_records": 3},
+                supervised=False,  # the from-scratch CNN reference: off in the CPU demo (its cost; see docs)
+                # the sample has 3-6 PTB-XL records per MI location: keep those classes instead of merging.
+                # Early stopping with a short patience under a ceiling that leaves room for it, so a cell is
+                # flagged budget-limited only when it was still improving at the ceiling (patience >= ceiling
+                # would flag every cell)
+                overrides={"optim.epochs": 12, "optim.patience": 3, "min_class_records": 3},
                 bootstrap_samples=200, margin=0.02,
                 schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1, "warmup_fraction": 0.0},
                                {"lr": 1e-3, "encoder_lr_scale": 1.0, "warmup_fraction": 0.1}],

@@ -60,6 +60,17 @@ def mlflow_run_link(uri: str, run_id: str | None, experiment_id: str | None = No
     return f"[{run_id}](http://127.0.0.1:5000/{anchor}) (start `ecgssl ui` first)"
 
 
+def _gain_text(res: dict[str, Any], f: str, g: Any) -> str:
+    """One fraction's gain: withheld (a budget-limited arm, an edge-of-grid schedule: the number stays in MLflow),
+    too few test records, or the value with its CI."""
+    ci, sig, withheld = res.get("gain_ci") or {}, res.get("significant") or {}, res.get("withheld") or {}
+    if withheld.get(f):
+        return f"{f}: {withheld[f]}"
+    if f in ci and all(isinstance(v, float) and math.isfinite(v) for v in [g, *ci[f]]):
+        return f"{f}: {g:+.3f} [{ci[f][0]:+.3f}, {ci[f][1]:+.3f}]{'' if sig.get(f) else ' (not significant)'}"
+    return f"{f}: {_fmt(g)}"
+
+
 def render_summary(
     cfg: PipelineConfig,
     uri: str,
@@ -102,13 +113,8 @@ def render_summary(
         ]
     for name, res in ablations.items():
         parent = res.get("parent_run_id")
-        ci = res.get("gain_ci") or {}
-        sig = res.get("significant") or {}
-        gains = ", ".join(
-            f"{f}: {g:+.3f} [{ci[f][0]:+.3f}, {ci[f][1]:+.3f}]{'' if sig.get(f) else ' (not significant)'}"
-            if f in ci and all(isinstance(v, float) and math.isfinite(v) for v in [g, *ci[f]]) else f"{f}: {_fmt(g)}"
-            for f, g in (res.get("gains") or {}).items()
-        ) or "-"
+        gains = ", ".join(_gain_text(res, f, g) for f, g in (res.get("gains") or {}).items()) or "-"
+        limited = {k: v for k, v in (res.get("budget_limited") or {}).items() if v}
         lines += [
             f"## {name}",
             "",
@@ -117,7 +123,9 @@ def render_summary(
             f"| labels to match (smallest label fraction from which SSL is non-inferior to random init on all "
             f"labels: 95% CI, margin {_fmt(cfg.ablation.margin)}) "
             f"| {res.get('labels_to_match_text') or _fmt(res.get('labels_to_match'))} |",
-            f"| gains (SSL - random per fraction, paired-bootstrap 95% CI) | {gains} |",
+            f"| gains (SSL - random per fraction, hierarchical paired-bootstrap 95% CI) | {gains} |",
+            f"| budget-limited cells (arm/mode: count) | {_fmt(limited) if limited else 'none'} |",
+            f"| report folder (`ecgssl report` re-derives it) | `{_fmt(res.get('report_dir'))}` |",
             f"| best | {_fmt(res.get('best'))} |",
             f"| MLflow parent run | {mlflow_run_link(uri, parent, exp.get(str(parent)))} |",
             f"| experiment | {_fmt(res.get('experiment'))} |",
@@ -132,27 +140,15 @@ def render_summary(
     return "\n".join(lines)
 
 
-SUMMARY_STAT_COLUMNS = ("mean", "std", "ci_low", "ci_high")
-
-
-def round_sig(value: Any, digits: int = 4) -> Any:
-    """``value`` rounded to ``digits`` significant digits when it is a finite float; other values unchanged."""
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.{digits}g}")
-    return value
-
-
 def table_records(
     summary_csv: str | None, metric: str | None = None, digits: int = 4, max_rows: int = 500
 ) -> list[dict[str, Any]]:
-    """The ablation summary CSV as JSON-safe row dicts for a Prefect table artifact: NaN -> None, floats to
-    ``digits`` significant digits, and the statistics columns named after ``metric`` (``test_accuracy mean``)."""
+    """The ablation summary CSV as JSON-safe row dicts for a Prefect table artifact
+    (``ecgmodel.downstream.report.table_rows``, the one table function)."""
     if not summary_csv or not Path(summary_csv).is_file():
         return []
     import pandas as pd
 
-    frame = pd.read_csv(summary_csv).head(max_rows)
-    if metric:
-        frame = frame.rename(columns={c: f"{metric} {c}" for c in SUMMARY_STAT_COLUMNS if c in frame.columns})
-    frame = frame.astype(object).where(frame.notna(), None)
-    return [{k: round_sig(v, digits) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    from ecgmodel.downstream.report import table_rows
+
+    return table_rows(pd.read_csv(summary_csv).head(max_rows), metric, digits)

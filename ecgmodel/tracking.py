@@ -114,3 +114,68 @@ class MetricBuffer:
         while self._items:
             batch, self._items = self._items[:1000], self._items[1000:]
             self.client.log_batch(self.run_id, metrics=batch)
+
+
+# ---------------------------------------------------------------------------------------------- model registry
+#: The alias the pipeline sets on a version that passed its gate (docs/use.md "Registry"); deployments and the
+#: CLI default to ``models:/<name>@champion``.
+CHAMPION = "champion"
+ENCODER_MODEL = "ecgssl-encoder"
+DEFAULT_ENCODER_URI = f"models:/{ENCODER_MODEL}@{CHAMPION}"
+
+
+def classifier_model_name(task: str) -> str:
+    """Registered name of a task's deployable classifier: ``ecgssl-<task>``."""
+    return f"ecgssl-{task}"
+
+
+def register_version(
+    name: str, source: str, run_id: str | None = None, tags: Mapping[str, str] | None = None,
+    description: str | None = None, model_description: str | None = None,
+) -> str:
+    """A new version of registered model ``name`` (created when missing) on the MLflow model at ``source``
+    (``runs:/...`` or an artifact URI); returns the version number."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with MLFLOW_WRITE_LOCK:
+        try:
+            client.create_registered_model(name, description=model_description)
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+        mv = client.create_model_version(name, source=source, run_id=run_id,
+                                         tags={k: str(v) for k, v in (tags or {}).items()},
+                                         description=description)  # fmt: skip
+    return str(mv.version)
+
+
+def apply_gate(name: str, version: str, passed: bool, rule: str, detail: str, move_alias: bool = True) -> bool:
+    """Record a gate's outcome on a model version (tags ``ecgssl.gate``, ``ecgssl.gate_passed``,
+    ``ecgssl.gate_detail``) and, with ``move_alias``, point the :data:`CHAMPION` alias at it only when it passed.
+    Returns ``passed``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with MLFLOW_WRITE_LOCK:
+        client.set_model_version_tag(name, version, "ecgssl.gate", rule)
+        client.set_model_version_tag(name, version, "ecgssl.gate_passed", str(bool(passed)).lower())
+        client.set_model_version_tag(name, version, "ecgssl.gate_detail", detail[:5000])
+        if passed and move_alias:
+            client.set_registered_model_alias(name, CHAMPION, version)
+    return bool(passed)
+
+
+def resolve_model_uri(uri: str) -> tuple[str, str | None]:
+    """``(name, version)`` of a ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` URI (the alias
+    resolved); raises ``mlflow.exceptions.MlflowException`` when the model, version or alias does not exist."""
+    from mlflow.tracking import MlflowClient
+
+    body = uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = body.partition("/")
+    return name, str(client.get_model_version(name, version).version)

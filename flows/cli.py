@@ -17,8 +17,11 @@ COMMAND_MODULES = [
     "flows.pretrain",   # pretrain
     "flows.finetune",   # finetune
     "flows.ablation",   # ablate
+    "flows.report",     # report
     "flows.embed",      # embed
     "flows.labels",     # labels
+    "flows.predict",    # predict
+    "flows.export",     # export
     "flows.sweep",      # sweep
     "flows.cli_pipeline",  # pipeline
     "flows.ui",         # ui
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()  # before prefect / mlflow are imported: they read these at import or first use
+    from flows.ephemeral import tie_ephemeral_server_to_process
+
+    tie_ephemeral_server_to_process()  # a kill -9 of this command also ends Prefect's temporary server
     parser = build_parser()
     args = parser.parse_args(argv)
     from ecgmodel.errors import UserError

@@ -5,24 +5,69 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ecgmodel.pipeline_config import build_config
 
 
-def _cmd_pipeline(args: argparse.Namespace) -> int:
+def ui_command() -> str:
+    """``ecgssl ui`` as the user can type it now: bare when ``ecgssl`` is on PATH (venv active), else the path of
+    this environment's executable (``.venv/bin/ecgssl ui`` after ``make demo``)."""
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "ecgssl"
+    on_path = shutil.which("ecgssl")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "ecgssl ui"
     try:
-        cfg = build_config(args.demo, args.config, args.overrides)
-    except (KeyError, ValueError, OSError) as e:
-        print(f"ecgssl pipeline: invalid configuration: {e}", file=sys.stderr)
-        return 2
+        return f"{exe.relative_to(Path.cwd())} ui"
+    except ValueError:
+        return f"{exe} ui"
+
+
+def check_pipeline_args(args: argparse.Namespace):
+    """The config of ``args``, checked before Prefect starts (raises a UserError naming the fix)."""
+    from ecgmodel import cli_checks
+    from ecgmodel.config import config_hash
+    from ecgmodel.data.store import MANIFEST, StoreError, content_hash
+    from ecgmodel.errors import UserError
+    from ecgmodel.train.out_lock import check_not_training
+    from ecgmodel.train.pretrain import build_config as pretrain_config
+
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"--config {args.config}: no such file", "ecgssl pipeline --config FILE.yaml (or --demo)")
+    cfg = cli_checks.check_overrides(lambda: build_config(args.demo, args.config, args.overrides),
+                                     "invalid configuration", "keys are those of PipelineConfig (docs/deployments.md)"
+                                     ", e.g. ecgssl pipeline --demo --set ablation.seeds=1")  # fmt: skip
+    cli_checks.check_sources(cfg.ingest.sources, "ingest.sources:")
+    cli_checks.check_store_writable(cfg.ingest.store)
+    if not (Path(cfg.ingest.store) / MANIFEST).is_file():  # with a store, an unreachable mirror is reported by
+        cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)  # the run, which goes on with the store
+    cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out", "pipeline")
+    cli_checks.check_overrides(lambda: pretrain_config(cfg.pretrain.preset, cfg.pretrain.overrides),
+                               "pretrain.overrides", "keys are those of PretrainConfig, e.g. ecgssl pipeline "
+                               "--set 'pretrain.overrides={\"optim.max_steps\": 100}'")  # fmt: skip
+    try:  # the pipeline trains into <out>/<store hash>-<config hash>: refuse now if another run trains there
+        check_not_training(Path(cfg.pretrain.out) / f"{content_hash(cfg.ingest.store)}-{config_hash(cfg.pretrain, 8)}")
+    except StoreError:
+        pass  # no store yet: the pretraining task takes the lock (and refuses) once the ingest has run
+    return cfg
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    cfg = check_pipeline_args(args)
     start = time.perf_counter()
+    from ecgmodel.errors import UserError
     from flows.pipeline import PipelineFailed, pipeline_flow
 
-    state = pipeline_flow(cfg, return_state=True)
+    state = pipeline_flow(cfg, refresh=args.refresh, return_state=True)
     elapsed = time.perf_counter() - start
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, PipelineFailed):  # finished with a report, but some stage failed
         result = outcome.result
+    elif isinstance(outcome, UserError):  # expected (e.g. a folder another run trains into): one line
+        raise outcome
     elif isinstance(outcome, BaseException):
         print(f"ecgssl pipeline: failed after {elapsed / 60:.1f} min: {outcome}", file=sys.stderr)
         return 1
@@ -35,7 +80,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"Browse the runs: {uri}")
     else:
-        print(f"Browse the runs: ecgssl ui   (MLflow UI on http://127.0.0.1:5000 over {uri})")
+        print(f"Browse the runs: {ui_command()}   (MLflow UI on http://127.0.0.1:5000 over {uri})")
     if state.is_failed():
         print(f"\necgssl pipeline: FAILED: {state.message}", file=sys.stderr)
         return 1
@@ -52,4 +97,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file with a (partial) PipelineConfig")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted-key override, e.g. --set ablation.seeds=2 (repeatable)")
+    p.add_argument("--refresh", action="store_true",
+                   help="recompute every stage: ignore cached stage results and finished checkpoints (ingest "
+                   "re-verifies the mirror; records already committed to the store are kept)")
     p.set_defaults(func=_cmd_pipeline)

@@ -35,7 +35,7 @@ from ecgmodel.pipeline_config import (  # noqa: F401  (re-exported: the config l
     PretrainSection,
 )
 from ecgmodel.report import mlflow_run_link, render_summary, table_records
-from flows.stages import ablation_stage, ingest_stage, pretrain_stage
+from flows.stages import ablation_stage, final_model_stage, ingest_stage, pretrain_stage
 from tasks.pipeline import (
     experiment_ids,
     file_fingerprint,
@@ -99,8 +99,9 @@ def _first_cell_error(summary_csv: str | None) -> str | None:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
-    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes.
+def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = False) -> dict[str, Any]:  # noqa: B008
+    """Ingest -> pretrain -> ablations of both downstream tasks; every stage cached on the state it consumes
+    (and on the digest of the code it runs). ``refresh`` recomputes every stage, pretraining from scratch.
 
     Ends Failed (after writing its report) when a source could not be fetched or an ablation's fine-tuning cells
     failed; the state message says which, and which setting decides it.
@@ -120,7 +121,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     # 1. ingest: keyed on the config and the mirror's checksum listings
     ingest_cfg = cfg.ingest.model_dump()
     mirror_state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
-    state = ingest_stage(ingest_cfg, mirror_state, return_state=True)
+    state = ingest_stage.with_options(refresh_cache=refresh)(ingest_cfg, mirror_state, return_state=True)
     ingested = state.result()
     if store_fingerprint(cfg.ingest.store) != ingested.get("store_hash"):
         logger.warning("store %s does not match the cached ingest result: ingesting again", cfg.ingest.store)
@@ -139,17 +140,23 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
     # 2. pretrain: keyed on the config and the store's content hash; reads the train split of the store's split
     # assignment (linked to PTB-XL's patients when its metadata is at hand), the one the ablations use
     split_overrides = split_settings(cfg)
-    pretrain_cfg = cfg.pretrain.model_dump()
+    pretrain_cfg = cfg.pretrain.model_dump(exclude={"runs"})  # runs: how many pretraining stages, below
     pretrain_cfg["overrides"] = {**pretrain_cfg["overrides"],
                                  **{f"data.split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
     pretrain_cfg["out"] = str(Path(cfg.pretrain.out) / f"{store_hash}-{config_hash(cfg.pretrain, 8)}")
-    pretrained = pretrain_stage(pretrain_cfg, cfg.ingest.store, store_hash)
+    stage = pretrain_stage.with_options(refresh_cache=refresh)
+    state = stage(pretrain_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh, return_state=True)
+    pretrained = state.result()
     encoder = pretrained.get("encoder_path")
     encoder_hash = file_fingerprint(encoder)
-    if encoder_hash is None:
-        logger.warning("encoder %s from the cached pretraining result is gone: pretraining again", encoder)
+    pretrain_run = pretrained.get("run_id")
+    run_gone = state.name == "Cached" and bool(pretrain_run) and not mlflow_run_exists(pretrain_run, uri)
+    if encoder_hash is None or run_gone:
+        logger.warning("the cached pretraining result's %s: pretraining again",
+                       f"encoder {encoder} is gone" if encoder_hash is None else
+                       f"MLflow run {pretrain_run} is not in the tracking store in force ({uri})")
         pretrained = pretrain_stage.with_options(refresh_cache=True)(
-            pretrain_cfg, cfg.ingest.store, store_hash, rebuild=True
+            pretrain_cfg, cfg.ingest.store, store_hash, uri, rebuild=encoder_hash is None
         )
         encoder = pretrained.get("encoder_path")
         encoder_hash = file_fingerprint(encoder)
@@ -164,25 +171,42 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
             if arm == main_mode:
                 arms[f"ssl-{arm}"] = encoder
                 continue
-            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm})
+            arm_cfg = dict(pretrain_cfg, overrides={**pretrain_cfg["overrides"], "ssl.mode": arm,
+                                                    "run.registered_model": f"ecgssl-encoder-{arm}"})
             arm_cfg["out"] = f"{pretrain_cfg['out']}-{arm}"
-            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}")(
-                arm_cfg, cfg.ingest.store, store_hash)["encoder_path"]  # fmt: skip
+            arms[f"ssl-{arm}"] = pretrain_stage.with_options(name=f"pretrain-{arm}", refresh_cache=refresh)(
+                arm_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh)["encoder_path"]  # fmt: skip
+    # K pretraining runs per SSL arm: runs 1..K-1 of every arm (seed + k, own folder, not registered); the
+    # ablations get each arm's K encoders and resample them in the hierarchical bootstrap
+    arm_runs: dict[str, list[str]] = {arm: [path] for arm, path in (arms or {"ssl": encoder}).items()}
+    for k in range(1, cfg.pretrain.runs):
+        for arm in arm_runs:
+            mode = arm.removeprefix("ssl-") if arm != "ssl" else None
+            base = pretrain_config_seed(pretrain_cfg["overrides"])
+            extra = {**pretrain_cfg["overrides"], "run.seed": base + k, "run.register_model": False,
+                     **({"ssl.mode": mode} if mode else {})}  # fmt: skip
+            out_k = pretrain_cfg["out"] + (f"-{mode}" if mode and mode != _main_mode(cfg, pretrain_cfg) else "")
+            run_cfg = dict(pretrain_cfg, overrides=extra, out=f"{out_k}-seed{k}")
+            arm_runs[arm].append(pretrain_stage.with_options(name=f"pretrain-{arm}-seed{k}", refresh_cache=refresh)(
+                run_cfg, cfg.ingest.store, store_hash, uri, rebuild=refresh)["encoder_path"])  # fmt: skip
     seconds["pretrain"], t0 = time.perf_counter() - t0, time.perf_counter()
 
     # 3. ablations: keyed on the config, the store hash, the encoder's sha256 and the tracking URI. A failed
     # ablation does not stop the other one; the run ends Failed after its report.
     ablations: dict[str, dict[str, Any]] = {}
     for name in cfg.ablation.tasks:
-        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation"})
+        ablation_cfg = cfg.ablation.model_dump(exclude={"tasks", "out_dir", "pretext_ablation", "final_models"})
         ablation_cfg["overrides"] = {**ablation_cfg["overrides"],
                                      **{f"split.{k}": v for k, v in split_overrides.items()}}  # fmt: skip
-        if arms:
-            ablation_cfg["encoders"] = arms
+        if arms or cfg.pretrain.runs > 1:
+            ablation_cfg["encoders"] = arm_runs
         if cfg.ablation.out_dir:
             ablation_cfg["out_dir"] = str(Path(cfg.ablation.out_dir) / name)
-        args = (name, ablation_cfg, cfg.ingest.store, store_hash, encoder, encoder_hash, uri)
-        stage = ablation_stage.with_options(name=f"ablation-{name}")
+        runs_hash = encoder_hash if cfg.pretrain.runs == 1 else "+".join(
+            str(file_fingerprint(p)) for refs in arm_runs.values() for p in refs)  # every pretraining run's content
+        args = (name, ablation_cfg, cfg.ingest.store, store_hash, None if "encoders" in ablation_cfg else encoder,
+                runs_hash, uri)
+        stage = ablation_stage.with_options(name=f"ablation-{name}", refresh_cache=refresh)
         state = stage(*args, return_state=True)
         res = state.result(raise_on_failure=False) if state.is_completed() else None
         if res is not None and state.name == "Cached":
@@ -205,12 +229,18 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
                 failures.append(line)
         seconds[f"ablation-{name}"], t0 = time.perf_counter() - t0, time.perf_counter()
 
+    # 3b. deployable models: the final classifier per task, the encoder's champion gate (docs/use.md "Registry")
+    finals = final_models(cfg, ablations, arms or {"ssl": encoder}, split_overrides, store_hash, uri,
+                          pretrained.get("encoder_uri"), failures)  # fmt: skip
+    seconds["final-models"], t0 = time.perf_counter() - t0, time.perf_counter()
+
     # 4. report: Prefect artifacts + one MLflow pipeline run linking everything
     n_windows = _store_windows(cfg.ingest.store)
     parents = [r.get("parent_run_id") for r in ablations.values()]
     exp_ids = experiment_ids(uri, [pretrained.get("run_id"), *parents])
     summary = render_summary(cfg, uri, ingested, pretrained, ablations, n_windows, run_id, exp_ids, seconds,
                              failures=failures)  # fmt: skip
+    summary += final_models_line(finals)
     pipeline_run_id = log_pipeline_run(cfg, uri, summary, ingested, pretrained, ablations, run_id, encoder_hash,
                                        failed=bool(failures))  # fmt: skip
     pipeline_link = mlflow_run_link(uri, pipeline_run_id, experiment_ids(uri, [pipeline_run_id])[pipeline_run_id])
@@ -234,6 +264,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         "encoder_hash": encoder_hash,
         "pretrain_run_id": pretrained.get("run_id"),
         "ablations": ablations,
+        "final_models": finals,
         "pipeline_run_id": pipeline_run_id,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "summary_markdown": summary,
@@ -244,6 +275,56 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]: 
         logger.error("pipeline failed: %s", message)
         return Failed(message=message, data=PipelineFailed(message, result))
     return result
+
+
+def pretrain_config_seed(overrides: dict[str, Any]) -> int:
+    """The ``run.seed`` of the first pretraining run (the preset's unless overridden)."""
+    return int(overrides.get("run.seed", 0))
+
+
+def _main_mode(cfg: PipelineConfig, pretrain_cfg: dict[str, Any]) -> str:
+    from ecgmodel.train.pretrain import build_config as pretrain_config
+
+    return pretrain_config(cfg.pretrain.preset, pretrain_cfg["overrides"]).ssl.mode
+
+
+def final_models(cfg: PipelineConfig, ablations: dict[str, dict[str, Any]], arms: dict[str, str],
+                 split_overrides: dict[str, Any], store_hash: str, uri: str, encoder_uri: str | None,
+                 failures: list[str]) -> dict[str, Any]:
+    """Train and register each task's deployable classifier; gate the encoder on the first task's ablation."""
+    out: dict[str, Any] = {}
+    if not cfg.ablation.final_models:
+        return out
+    logger = get_run_logger()
+    overrides = {**cfg.ablation.overrides, **{f"split.{k}": v for k, v in split_overrides.items()}}
+    for name, res in ablations.items():
+        if res.get("error") or not res.get("summary_csv"):
+            continue
+        state = final_model_stage.with_options(name=f"final-{name}")(
+            name, res, arms, overrides, cfg.ingest.store, store_hash, uri, return_state=True)  # fmt: skip
+        if state.is_completed():
+            out[name] = state.result()
+        else:
+            failures.append(f"final model `{name}` failed: {state.message or state.result(raise_on_failure=False)}")
+            out[name] = {"error": state.message}
+    first = next(iter(ablations.values()), {})
+    if encoder_uri and str(encoder_uri).startswith("models:/") and first and not first.get("error"):
+        from ecgmodel.serving.register import promote_encoder
+
+        out["encoder"] = promote_encoder(encoder_uri, first)
+        logger.info("encoder gate: %s", out["encoder"]["detail"])
+    return out
+
+
+def final_models_line(finals: dict[str, Any]) -> str:
+    """The summary's lines on the registered models."""
+    lines = []
+    for name, r in finals.items():
+        if r.get("error") or "name" not in r:
+            continue
+        alias = "@champion" if r.get("champion") or (name == "encoder" and r.get("passed")) else " (gate not passed)"
+        lines.append(f"- `models:/{r['name']}/{r['version']}`{alias}: {r.get('detail') or r['gate']['detail']}")
+    return ("\nDeployable models (docs/use.md):\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def split_settings(cfg: PipelineConfig) -> dict[str, Any]:

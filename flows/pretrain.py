@@ -58,7 +58,17 @@ def pretrain_ddp_flow(
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from ecgmodel import cli_checks
     from ecgmodel.tracking import tracking_uri
+    from ecgmodel.train.out_lock import check_not_training
+    from ecgmodel.train.pretrain import build_config
+
+    # before Prefect starts or an MLflow run is created: each failure is one line naming the fix
+    cli_checks.check_overrides(lambda: build_config(args.preset, args.set or None), "--set",
+                               "keys are those of PretrainConfig, e.g. ecgssl pretrain --set optim.max_steps=500")
+    cli_checks.check_store_readable(args.store, "pretrain")
+    cli_checks.check_writable_dir(args.out, "--out", "pretrain")
+    check_not_training(args.out)
 
     result = pretrain_flow(store=args.store, preset=args.preset, overrides=args.set or None,
                            resume=not args.no_resume, out=args.out)  # fmt: skip

@@ -1,9 +1,10 @@
-"""The pipeline's stages as cached Prefect tasks: ingest -> pretrain -> ablation.
+"""The pipeline's stages as cached Prefect tasks: ingest -> pretrain -> ablation -> final classifier.
 
 Each stage wraps the flow that owns the work (``flows.ingest`` / ``flows.pretrain`` / ``flows.ablation``; they
 run as nested flow runs under the stage's task run) and adds stage-level caching, so a re-run of the pipeline
 after a crash or a schedule tick continues instead of redoing finished stages. The cache keys carry the state
-of what the previous stage produced (see ``tasks/pipeline.py`` for the fingerprints and why).
+of what the previous stage produced and the digest of the library code (see ``tasks/pipeline.py`` for the
+fingerprints and why). A cached stage whose MLflow run is not in the tracking store in force is run again.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
 
 
 @task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
-def pretrain_stage(pretrain: dict[str, Any], store: str, store_hash: str, rebuild: bool = False) -> dict[str, Any]:
-    """Self-supervised pretraining (``flows.pretrain.pretrain_flow``). Key: config + store content hash.
+def pretrain_stage(
+    pretrain: dict[str, Any], store: str, store_hash: str, tracking_uri: str = "", rebuild: bool = False
+) -> dict[str, Any]:
+    """Self-supervised pretraining (``flows.pretrain.pretrain_flow``). Key: config + store content hash +
+    tracking URI (its run and registered encoder live there: another store in force trains and logs anew).
 
     The training loop resumes from its own checkpoint, so a stage interrupted mid-way continues when re-run.
     ``rebuild`` (not part of the cache key, so the new result replaces the stale cache entry) trains from
@@ -62,3 +66,24 @@ def ablation_stage(
     from flows.ablation import ablation_flow
 
     return dict(ablation_flow(task=task_name, store=store, encoder=encoder, **ablation))
+
+
+@task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
+def final_model_stage(
+    task_name: str,
+    ablation: dict[str, Any],
+    arms: dict[str, str],
+    overrides: dict[str, Any],
+    store: str,
+    store_hash: str,
+    tracking_uri: str,
+) -> dict[str, Any]:
+    """The task's deployable classifier (``flows.finetune.final_classifier_flow``): fraction 1.0 with the init and
+    schedule the ablation chose on validation, registered as ``ecgssl-<task>``, ``champion`` if it passes the gate.
+
+    Key: the ablation's result (its parent run) + arms + overrides + store hash + tracking URI.
+    """
+    from flows.finetune import final_classifier_flow
+
+    return dict(final_classifier_flow(task=task_name, store=store, ablation=ablation, arms=arms, overrides=overrides,
+                                      champion=True))  # fmt: skip

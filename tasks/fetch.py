@@ -16,6 +16,7 @@ from prefect.exceptions import MissingContextError
 
 from ecgmodel.data.download import PHYSIONET_URL, SourceUnavailableError, UnsafePathError, download_source
 from ecgmodel.data.sources import RecordPathError, UnknownSourceError, get_source
+from tasks.retry import is_permanent, user_facing_os_errors
 
 # Record lists longer than this travel only as ``records_file``.
 INLINE_RECORDS_MAX = 200
@@ -31,7 +32,7 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
         return True
     if isinstance(exc, SourceUnavailableError) and not str(exc.url).startswith(("http://", "https://")):
         return False  # a local mirror folder that is missing or broken will not heal by waiting
-    return not isinstance(exc, _PERMANENT)
+    return not (isinstance(exc, _PERMANENT) or is_permanent(exc))  # e.g. disk full, read-only raw folder
 
 
 @task(
@@ -51,11 +52,13 @@ def fetch_source(
     records: int | list[str] | None = None,
     groups: list[str] | None = None,
     progress: bool = True,
+    in_place: bool = False,
 ) -> dict:
     """Download source ``slug`` from ``mirror`` into ``raw_dir/<slug>/<version>/``.
 
     ``records`` limits the records (first N, or explicit record paths); ``groups`` overrides the source's
-    default record groups (e.g. ``["records100"]`` for PTB-XL at 100 Hz). Returns
+    default record groups (e.g. ``["records100"]`` for PTB-XL at 100 Hz). ``in_place``: a local mirror is
+    verified where it lies (``root`` is then the mirror's folder; nothing is copied). Returns
     ``{"slug", "version", "mirror", "root", "records_file", "n_records", "records", "failures",
     "metadata_files", "files_downloaded", "files_skipped", "bytes_downloaded"}``; ``records`` is the list of
     verified record paths when it has at most ``INLINE_RECORDS_MAX`` entries, else ``None``.
@@ -67,7 +70,10 @@ def fetch_source(
     source = get_source(slug)
     if groups:
         source = source.select(*groups)
-    result = download_source(source, mirror, Path(raw_dir), workers=workers, records=records, progress=progress)
+    fix = f"free disk space or give a writable folder: ecgssl ingest --raw-dir OTHER_DIR (now {raw_dir})"
+    with user_facing_os_errors(fix):
+        result = download_source(source, mirror, Path(raw_dir), workers=workers, records=records,
+                                 progress=progress, in_place=in_place)  # fmt: skip
     summary = result.summary()
     summary.update(
         slug=source.slug,

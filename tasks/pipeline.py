@@ -16,18 +16,38 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
+from ecgmodel.code_digest import code_digest
 from ecgmodel.pipeline_config import PipelineConfig
+
+
+@dataclass
+class CodeDigest(CachePolicy):
+    """Cache-key part: the digest of the library code a stage runs (:func:`ecgmodel.code_digest.code_digest`
+    over the ``ecgmodel``, ``flows`` and ``tasks`` packages, or over ``roots`` when given).
+
+    ``TASK_SOURCE`` hashes only the stage wrapper's own source; the work happens in ``ecgmodel/``, so without
+    this part an edit there would keep handing back results of the old code until the cache expires. The
+    digest is computed when the key is (a few ms), so a worker that pulled new code misses the old entries.
+    """
+
+    roots: list[str] | None = field(default=None)
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        return code_digest(self.roots)
+
 
 # Cached stage results live in the Prefect result storage (PREFECT_HOME/storage by default; point
 # PREFECT_RESULTS_LOCAL_STORAGE_PATH or a storage block at shared storage when workers run on several hosts).
-STAGE_CACHE = INPUTS + TASK_SOURCE
+# The key: the stage's inputs (config + the state it consumes), its wrapper's source and the library's code.
+STAGE_CACHE = INPUTS + TASK_SOURCE + CodeDigest()
 STAGE_CACHE_EXPIRATION = timedelta(days=30)
 
 

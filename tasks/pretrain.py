@@ -17,13 +17,19 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import retry_unless_permanent, user_facing_os_errors
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_LAUNCHER = REPO_ROOT / "infra" / "torchrun" / "pretrain.sh"
 
 PRETRAIN_TAG = "ecgssl-pretrain"  # a tag concurrency limit on it queues GPU runs across flows
+# Bad settings, a folder another run trains into, a full or read-only disk: another attempt cannot fix them.
+_NO_RETRY = retry_unless_permanent(ValueError, KeyError, TypeError)
+_DISK_FIX = "free disk space or give a writable folder: ecgssl pretrain ... --out OTHER_DIR"
 
 
-@task(name="pretrain", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, tags=[PRETRAIN_TAG])
+@task(name="pretrain", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, tags=[PRETRAIN_TAG],
+      retry_condition_fn=_NO_RETRY)
 def pretrain_task(
     store: str,
     preset: str = "smoke",
@@ -34,17 +40,19 @@ def pretrain_task(
     """Pretrain on ``store`` into ``out`` (resuming from ``out/ckpt_last.pt`` when present and ``resume``)."""
     from prefect.runtime import flow_run
 
+    from ecgmodel.train.out_lock import training_lock
     from ecgmodel.train.pretrain import build_config, train
     from tasks.progress import ProgressArtifact
 
     cfg = build_config(preset, overrides)
     progress = ProgressArtifact("pretrain-progress", "pretraining steps")
     # a Prefect retry always resumes: the first attempt's checkpoint is this run's own progress
-    result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id(), on_progress=progress)
+    with user_facing_os_errors(_DISK_FIX), training_lock(out):
+        result = train(cfg, store, out, resume=resume, flow_run_id=flow_run.get_id(), on_progress=progress)
     return {k: v for k, v in result.items() if k != "history"}
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30)
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30, retry_condition_fn=_NO_RETRY)
 def torchrun_pretrain(
     store: str,
     preset: str,
@@ -72,7 +80,10 @@ def torchrun_pretrain(
     if flow_run_id:
         env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # ecgmodel.tracking.run_tags reads it: MLflow run tag
     logger.info("launching %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    from ecgmodel.train.out_lock import training_lock
+
+    with training_lock(Path(REPO_ROOT, out)):  # relative `out` is resolved in REPO_ROOT by the launcher
+        proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(
             f"torchrun pretraining on {store} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"

@@ -127,6 +127,7 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
 
     if address is not None:
         with Client(address) as client:
+            log.info("Dask cluster at %s (dashboard: %s)", address, client.dashboard_link)
             yield client
         return
     import dask
@@ -146,6 +147,9 @@ def dask_client(workers: int, address: str | None = None) -> Iterator[Any]:
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         ) as cluster, Client(cluster) as client:  # fmt: skip
+            # the way into the cluster while it runs (PREFECT_LOGGING_EXTRA_LOGGERS=ecgmodel shows it in a flow's log)
+            log.info("local Dask cluster at %s, %d worker processes (dashboard: %s)", cluster.scheduler_address,
+                        workers, client.dashboard_link)  # fmt: skip
             yield client
     finally:
         for lg, level in zip(quiet, levels, strict=True):

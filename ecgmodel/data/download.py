@@ -17,6 +17,11 @@ What it does, for ``<mirror>/<slug>/<version>/``:
 4. report a record whose files cannot all be fetched and verified, or whose header names a file without a
    checksum, as a failure ``{"record", "reason"}`` and carry on with the others.
 
+A local mirror (a folder) is verified in place with ``in_place=True``: every file's sha256 is checked where it
+lies and the result's ``root`` is the mirror's ``<slug>/<version>/`` folder; only the small listings, the
+verification cache and the verified-record list go to ``<dest>/<slug>/<version>/`` (nothing is copied, and the
+mirror may be read-only). A file whose checksum does not match is a failure of its record, as in a download.
+
 wfdb's ``dl_database`` is not used: it verifies nothing, cannot resume, and fetches some files twice at once.
 The retry loop is our own because one attempt spans request, resumed body and checksum, which urllib3's
 ``Retry`` (request-level only) does not cover.
@@ -506,6 +511,7 @@ def download_source(
     max_file_bytes: int = MAX_FILE_BYTES,
     attempt_timeout: float = ATTEMPT_TIMEOUT,
     lock_timeout: float = LOCK_TIMEOUT,
+    in_place: bool = False,
 ) -> DownloadResult:
     """Download ``source`` from ``mirror`` into ``dest/<slug>/<version>/`` and verify every file's sha256.
 
@@ -524,6 +530,8 @@ def download_source(
         max_file_bytes: a file larger than this is refused (announced or received), not retried.
         attempt_timeout: wall-clock seconds one attempt at one file may take (the rest resumes on a retry).
         lock_timeout: seconds to wait for another download into the same folder.
+        in_place: with a local mirror, verify the files where they lie instead of copying them into ``dest``
+            (ignored for an http(s) mirror).
 
     Raises:
         SourceUnavailableError: RECORDS or SHA256SUMS.txt could not be fetched, is unusable, or does not match
@@ -569,9 +577,10 @@ def download_source(
         files_of = _record_files(selected, checksums)
 
         root.mkdir(parents=True, exist_ok=True)
-        # Paths are checked again against the real folder (symlinks) before anything is written.
+        files_root = mir.base if in_place and not mir.is_http else root
+        # Paths are checked again against the real folder (symlinks) before anything is written or read.
         for rel in {p for files in files_of.values() for p in files} | set(src.metadata_files):
-            _target(root, rel, mir.url(CHECKSUMS_NAME))
+            _target(files_root, rel, mir.url(CHECKSUMS_NAME))
 
         try:
             lock = FileLock(str(root / LOCK_NAME), timeout=lock_timeout)
@@ -581,15 +590,20 @@ def download_source(
                                          f"{lock_timeout:g} s") from e  # fmt: skip
         try:
             return _download_locked(src, mir, root, raw, checksums, selected, files_of, workers, progress,
-                                    retries, backoff)
+                                    retries, backoff, files_root)  # fmt: skip
         finally:
             lock.release()
     finally:
         mir.close()
 
 
-def _download_locked(src, mir, root, raw, checksums, selected, files_of, workers, progress, retries, backoff):
-    result = DownloadResult(root=root, records=[])
+def _download_locked(src, mir, root, raw, checksums, selected, files_of, workers, progress, retries, backoff,
+                     files_root=None):  # fmt: skip
+    """``root``: where the listings and caches go; ``files_root``: where the files are (``root`` unless a local
+    mirror is verified in place)."""
+    files_root = files_root or root
+    in_place = files_root != root
+    result = DownloadResult(root=files_root, records=[])
     manifest_path = root / MANIFEST_NAME
     manifest = _load_manifest(manifest_path)
     for name in (RECORDS_NAME, CHECKSUMS_NAME):
@@ -613,18 +627,20 @@ def _download_locked(src, mir, root, raw, checksums, selected, files_of, workers
         """Verified before, and unchanged since (same size and mtime as when it was verified)."""
         entry = manifest.get(rel)
         try:
-            st = (root / rel).stat()
+            st = (files_root / rel).stat()
         except OSError:
             return False
         return bool(entry) and entry.get("sha256") == sha and entry.get("size") == st.st_size \
             and entry.get("mtime_ns") == st.st_mtime_ns
 
     def fetch(rel: str, sha: str) -> tuple[str, int, dict]:
-        path = _target(root, rel, mir.url(CHECKSUMS_NAME))
+        path = _target(files_root, rel, mir.url(CHECKSUMS_NAME))
         if path.is_file():
             st = path.stat()
             if _sha256_file(path) == sha:
                 return "skipped", 0, {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if in_place:  # nothing to fetch from: the mirror's own file is missing or differs
+            raise _NotFound(f"{path}: " + ("sha256 differs from SHA256SUMS.txt" if path.is_file() else "missing"))
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(path.name + PART_SUFFIX)
         nbytes = _with_retries(lambda: mir.fetch_into(rel, part, sha), retries, backoff)
@@ -675,7 +691,7 @@ def _download_locked(src, mir, root, raw, checksums, selected, files_of, workers
         if reasons:
             continue
         try:  # every file the header names must be one we verified
-            header = (root / f"{rec}.hea").read_text(encoding="utf-8", errors="replace")
+            header = (files_root / f"{rec}.hea").read_text(encoding="utf-8", errors="replace")
             folder = rec.rsplit("/", 1)[0] + "/" if "/" in rec else ""
             for name in header_data_files(header):
                 if f"{folder}{name}" not in files_of[rec]:

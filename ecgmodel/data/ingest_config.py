@@ -34,6 +34,10 @@ class IngestConfig(BaseModel):
         2, ge=0, description="Dask worker processes for the conversion (0: convert in this process, no Dask)."
     )
     download_workers: int = Field(4, ge=1, description="Files downloaded at once.")
+    copy_mirror: bool = Field(
+        False, description="A local mirror folder is verified in place (SHA256SUMS) and read from there; True "
+        "copies its files into raw_dir first (as a download would). An http(s) mirror is always downloaded."
+    )
     batch_records: int = Field(32, ge=1, description="Records converted per Dask task (amortises task overhead).")
     max_in_flight: int | None = Field(
         None, ge=1, description="Batches submitted but not yet stored (None: 2 x workers + 1); bounds memory."

@@ -2,8 +2,10 @@
 
 ``labels.csv`` has one row per record with columns ``record`` (WFDB record name, relative to the folder,
 without extension) and ``site`` (the ventricular-arrhythmia origin, free text); an optional ``patient_id``
-column keeps a patient's records in one split. Signals are read by lead NAME, converted to mV from the header's
-units, resampled and windowed exactly as the public databases are (``ecgmodel.data.signal.harmonise``).
+column keeps a patient's records in one split. It is the folder ingest (``ecgmodel.data.folder``, ``ecgssl ingest
+--folder``) with a fixed label column: records are read by the same reader (``folder.read_wfdb``), by lead NAME,
+in mV from the header's units, resampled and windowed exactly as the public databases are
+(``ecgmodel.data.signal.harmonise``), and written by :func:`write_labelled_records`, which both share.
 
 The store gets ``dx = "site=<site>"`` and ``dx_systems[source] = "site-label"``; fine-tune with
 ``--task localization`` (``localization_target='site'`` or ``auto``).
@@ -186,7 +188,9 @@ def ingest_site_labels(cfg: SiteLabelsConfig, store_path: str | Path) -> dict:
                     raise ValueError(f"label rule: record {record} has an empty site in {cfg.labels_file}")
                 if not (root / f"{record}.hea").is_file():
                     raise FileNotFoundError(f"file rule: {root / record}.hea not found")
-                return read_wfdb_mv(root / record)
+                from ecgmodel.data.folder import read_wfdb  # the folder ingest's reader
+
+                return read_wfdb(root / f"{record}.hea")
 
             pid = _clean(getattr(row, "patient_id", "")) if "patient_id" in table.columns else ""
             yield name, read, {"dx": f"site={site}", "patient_id": pid, "database": cfg.source,

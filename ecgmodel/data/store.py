@@ -65,6 +65,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ecgmodel.data.signal import LEADS
+from ecgmodel.errors import UserError
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # schema 1 is read as is; writers need 2 (see migrate_store)
@@ -74,7 +75,8 @@ HISTORY_MAX = 1000  # (hash, n) entries kept in the manifest for pinned readers
 LOCK = ".writer.lock"
 DEFAULT_CHUNK_WINDOWS = 64  # 64 x 12 x 5000 int16 = 7.7 MB raw, ~2.7 MB compressed (bench/ingest.py)
 DEFAULT_META_CHUNK = 4096  # rows per chunk of the small per-window arrays (a multiple of chunk_windows)
-DX_SYSTEMS = ("snomed-ct", "ptbxl-scp", "ludb-diagnosis", "va-origin", "site-label")  # last two: localization adapters
+# va-origin, site-label: the localization adapters; user-label: free-text labels of `ecgssl ingest --folder`
+DX_SYSTEMS = ("snomed-ct", "ptbxl-scp", "ludb-diagnosis", "va-origin", "site-label", "user-label")
 
 # name -> (dtype, fill value) of the per-window 1-D arrays, in the order of docs/store.md
 META_COLUMNS: dict[str, tuple[Any, Any]] = {
@@ -98,12 +100,15 @@ ARRAYS = ("signal", "lead_present", *META_COLUMNS)
 _STR_COLUMNS = [k for k, (dt, _) in META_COLUMNS.items() if dt is str]
 
 
-class StoreError(RuntimeError):
-    """A store cannot be opened or written as asked (the message names the path and the rule)."""
+class StoreError(UserError, RuntimeError):
+    """A store cannot be opened or written as asked: ``problem`` names the path and the rule, ``fix`` the
+    ``ecgssl`` command that fixes it (the CLI prints both on one line)."""
 
 
 class StoreLockedError(StoreError):
     """Another writer held the store's lock for longer than the writer's ``lock_timeout`` (worth a retry)."""
+
+    transient = True
 
 
 # --------------------------------------------------------------------------------------------------- batches
@@ -233,20 +238,26 @@ def _read_manifest(path: Path, schemas: tuple[int, ...] = READABLE_SCHEMAS) -> d
     try:
         with open(path / MANIFEST) as f:
             manifest = json.load(f)
-    except FileNotFoundError:
-        how = f"create it with `ecgssl ingest --store {path} --source ptb-xl` (or `ecgssl pipeline --demo`)"
+    except (FileNotFoundError, NotADirectoryError):
+        how = f"ecgssl ingest --store {path} --source ptb-xl   (or: ecgssl pipeline --demo)"
+        if path.is_file():
+            raise StoreError(f"{path}: is a file; a store is a folder (with {MANIFEST})",
+                             "give the store's folder, e.g. ecgssl inspect data/store.zarr") from None
         if not path.exists():
-            raise StoreError(f"{path}: not an ecgssl store: the path does not exist; {how}") from None
+            raise StoreError(f"{path}: not an ecgssl store: the path does not exist", how) from None
         if (path / PREV_MANIFEST).exists():
-            how = f"{PREV_MANIFEST} is there: recover_store({str(path)!r}) restores the previous commit"
-        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST}); {how}") from None
+            raise StoreError(f"{path}: no {MANIFEST} (the last commit was lost; {PREV_MANIFEST}, the commit "
+                             "before it, is there)", f"ecgssl inspect {path} --recover") from None
+        raise StoreError(f"{path}: not an ecgssl store (no {MANIFEST})", how) from None
     except json.JSONDecodeError as e:
-        raise StoreError(f"{path}: {MANIFEST} is not valid JSON ({e})") from None
+        fix = f"ecgssl inspect {path} --recover" if (path / PREV_MANIFEST).exists() else None
+        raise StoreError(f"{path}: {MANIFEST} is not valid JSON ({e})",
+                         fix or "restore the store from a copy or re-ingest it into a new folder") from None
     if manifest.get("schema_version") not in schemas:
-        hint = " (upgrade it with migrate_store)" if manifest.get("schema_version") in READABLE_SCHEMAS else ""
+        fix = f"ecgssl inspect {path} --migrate" if manifest.get("schema_version") in READABLE_SCHEMAS else None
         raise StoreError(
             f"{path}: schema version {manifest.get('schema_version')} is not supported here "
-            f"(expected {' or '.join(map(str, schemas))}){hint}"
+            f"(expected {' or '.join(map(str, schemas))})", fix or "upgrade ecgssl, or re-ingest into a new folder"
         )
     return manifest
 
@@ -666,8 +677,10 @@ class StoreWriter:
                     prev = (self.path / PREV_MANIFEST).exists()
                     raise StoreError(
                         f"{self.path}: no {MANIFEST}, but arrays {held} hold rows or chunk files; refusing to "
-                        "create a store over them (" + (f"recover_store() restores the previous commit from "
-                        f"{PREV_MANIFEST}; " if prev else "") + "overwrite=True starts an empty store)"
+                        "create a store over them",
+                        f"ecgssl inspect {self.path} --recover   (restores the commit before the last)" if prev
+                        else f"move the folder away (mv {self.path} {self.path}.damaged), then ecgssl ingest "
+                        f"--store {self.path} ...",
                     )  # fmt: skip
                 self._create(fs, window_samples, chunk_windows, meta_chunk)
             self._open(fs, window_samples)

@@ -3,46 +3,55 @@
 Input: one row per fine-tuning run (cell) with ``mode``, ``init``, ``fraction``, ``seed`` and the metric.
 Output:
 
-* :func:`summarize`: per (mode, init, fraction) the number of seeds, mean, standard deviation and a 95%
-  Student-t confidence interval of the mean over seeds (NaN half-width with a single seed);
+* :func:`summarize`: per (mode, init, fraction) the number of cells, mean, standard deviation and a 95% bootstrap
+  interval over pretraining runs and seeds (inside the metric's range; NaN with a single cell);
 * :func:`gains`: SSL mean minus random mean at every fraction both have (point estimates);
-* :func:`evidence`: the figures a reviewer checks, from the cells' saved test predictions: per mode and fraction
-  the paired-bootstrap CI of SSL - random (the gain) and of SSL(f) - random(100 %), and the non-inferiority
-  ``labels_to_match`` (``ecgmodel.metrics.bootstrap.labels_to_match``: NaN = "not reached");
-* :func:`arm_contrasts`: pretext ablation, every pair of SSL arms head to head (A - B with its CI);
-* :func:`choose_schedule`: the per-init schedule picked on the validation split from the tuning runs.
+* :func:`choose_schedule`: the per-arm schedule picked on the validation split from the tuning runs, and
+  :func:`schedule_edges`: whether that choice sits at the edge of the grid.
+
+The CIs of gains and ``labels_to_match`` (hierarchical paired bootstrap over the saved test predictions) are in
+``ecgmodel.ablation.report``.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
-from ecgmodel.metrics.bootstrap import paired_bootstrap
 
 SSL = "ssl"
 RANDOM = "random"
 
 
-def summarize(cells: pd.DataFrame, metric: str, confidence: float = 0.95) -> pd.DataFrame:
-    """mode, init, fraction, n, mean, std, ci_low, ci_high of ``metric`` over seeds (sorted by fraction)."""
+def summarize(cells: pd.DataFrame, metric: str, confidence: float = 0.95, n_boot: int = 1000,
+              seed: int = 0) -> pd.DataFrame:
+    """mode, init, fraction, n, mean, std, ci_low, ci_high of ``metric`` over the cells (sorted by fraction).
+
+    ``mean`` is the mean over pretraining runs (column ``pretrain_id`` when present) of the mean over seeds; the
+    interval is a percentile bootstrap over pretraining runs and seeds (``ecgmodel.metrics.bootstrap.
+    seed_interval``), so it stays inside the range of the scores (a t-interval over 2 seeds does not); NaN with one
+    cell. ``n_budget_limited``: cells whose best epoch fell in the last patience window of the epoch ceiling."""
+    from ecgmodel.metrics.bootstrap import seed_interval
+
     missing = {"mode", "init", "fraction", metric} - set(cells.columns)
     if missing:
         raise KeyError(f"ablation cells lack columns {sorted(missing)}")
     rows = []
     for (mode, init, fraction), group in cells.groupby(["mode", "init", "fraction"], sort=True):
-        values = group[metric].astype(float).dropna().to_numpy()
+        group = group[group[metric].astype(float).notna()]
+        runs = group["pretrain_id"].fillna("").astype(str) if "pretrain_id" in group else pd.Series("", group.index)
+        values = {(r, int(s)): float(v) for r, s, v in zip(runs, group["seed"], group[metric], strict=True)} \
+            if "seed" in group else {("", i): float(v) for i, v in enumerate(group[metric])}  # fmt: skip
         n = len(values)
-        mean = float(values.mean()) if n else math.nan
-        std = float(values.std(ddof=1)) if n > 1 else math.nan
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+        per_run = pd.Series(list(values.values()), index=[r for r, _ in values]).groupby(level=0).mean()
+        mean = float(per_run.mean()) if n else math.nan
+        std = float(np.std(list(values.values()), ddof=1)) if n > 1 else math.nan
+        lo, hi = seed_interval(values, n_boot, confidence, seed)
+        limited = int(group["budget_limited"].astype(bool).sum()) if "budget_limited" in group else 0
         rows.append({"mode": mode, "init": init, "fraction": float(fraction), "n": n, "mean": mean, "std": std,
-                     "ci_low": mean - half, "ci_high": mean + half})  # fmt: skip
-    columns = ["mode", "init", "fraction", "n", "mean", "std", "ci_low", "ci_high"]
+                     "ci_low": lo, "ci_high": hi, "n_budget_limited": limited})  # fmt: skip
+    columns = ["mode", "init", "fraction", "n", "mean", "std", "ci_low", "ci_high", "n_budget_limited"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -72,97 +81,6 @@ def metric_key(fraction: float) -> str:
     return f"{fraction:g}"
 
 
-def evidence(
-    cells: pd.DataFrame,
-    task: str,
-    metric: str,
-    modes: list[str],
-    margin: float,
-    n_boot: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-    ssl: str = SSL,
-    random: str = RANDOM,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Paired-bootstrap table and non-inferiority ``labels_to_match`` per mode (see the module docstring).
-
-    ``cells``: one row per finished run with mode, init, fraction, seed and ``out_dir`` (where the run saved
-    ``test_predictions.npz``). Rows: mode, fraction, gain (SSL - random at f) with its CI and whether the CI
-    excludes 0, and ``vs_full`` (SSL(f) - random(100 %)) with its CI and whether its lower bound clears -margin.
-    """
-    from ecgmodel.metrics.bootstrap import (
-        PREDICTIONS_FILE,
-        labels_to_match,
-        load_predictions,
-        metric_function,
-        prepare,
-    )
-
-    fn = metric_function(task, metric)
-    cache: dict[str, object] = {}
-
-    def arm(mode: str, init: str, fraction: float) -> list:
-        part = cells[(cells["mode"] == mode) & (cells["init"] == init)
-                     & np.isclose(cells["fraction"].astype(float), fraction)]  # fmt: skip
-        if "error" in part:
-            part = part[part["error"].isna() | (part["error"].astype(str) == "")]
-        out = []
-        for _, row in part.sort_values("seed").iterrows():
-            path = Path(str(row.get("out_dir", ""))) / PREDICTIONS_FILE
-            if path.is_file():
-                key = str(path)
-                if key not in cache:
-                    cache[key] = prepare(load_predictions(path), metric)
-                out.append(cache[key])
-        return out
-
-    rows, ltm = [], {}
-    for mode in modes:
-        fracs = sorted(set(cells.loc[(cells["mode"] == mode) & (cells["init"] == ssl), "fraction"].astype(float))
-                       & set(cells.loc[(cells["mode"] == mode) & (cells["init"] == random), "fraction"].astype(float)))
-        reference = arm(mode, random, 1.0)
-        lower: dict[float, float] = {}
-        for i, f in enumerate(fracs):
-            ssl_arm = arm(mode, ssl, f)
-            g = paired_bootstrap(ssl_arm, arm(mode, random, f), fn, n_boot, confidence, seed + i)
-            v = paired_bootstrap(ssl_arm, reference, fn, n_boot, confidence, seed + 1000 + i)
-            lower[f] = v["ci_low"]
-            rows.append({"arm": ssl, "mode": mode, "fraction": f, "gain": g["estimate"], "gain_ci_low": g["ci_low"],
-                         "gain_ci_high": g["ci_high"], "gain_significant": _excludes_zero(g),
-                         "vs_full": v["estimate"], "vs_full_ci_low": v["ci_low"], "vs_full_ci_high": v["ci_high"],
-                         "non_inferior": bool(math.isfinite(v["ci_low"]) and v["ci_low"] >= -margin),
-                         "n_test_records": g["n_records"], "n_seeds": g["n_seeds_a"], "n_boot": g["n_boot"]})  # fmt: skip
-        ltm[mode] = labels_to_match(lower, margin) if reference else math.nan
-    columns = ["arm", "mode", "fraction", "gain", "gain_ci_low", "gain_ci_high", "gain_significant", "vs_full",
-               "vs_full_ci_low", "vs_full_ci_high", "non_inferior", "n_test_records", "n_seeds", "n_boot"]
-    return pd.DataFrame(rows, columns=columns), ltm
-
-
-def arm_contrasts(
-    cells: pd.DataFrame, task: str, metric: str, modes: list[str], arms: list[str], n_boot: int = 1000,
-    seed: int = 0, confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Pretext ablation: every pair of SSL arms compared head to head (A - B per mode and fraction, paired bootstrap
-    over the same test records and seeds as :func:`evidence`), e.g. ssl-joint - ssl-mask. Arms earlier in
-    ``arms`` come first in a pair. Empty with fewer than two arms."""
-    rows = []
-    columns = ["a", "b", "mode", "fraction", "diff", "ci_low", "ci_high", "significant", "n_test_records", "n_seeds"]
-    for i, a in enumerate(arms):
-        for b in arms[i + 1 :]:
-            ev, _ = evidence(cells, task, metric, modes, 0.0, n_boot, seed=seed + 31 * len(rows), confidence=confidence,
-                             ssl=a, random=b)  # fmt: skip
-            for r in ev.itertuples(index=False):
-                rows.append({"a": a, "b": b, "mode": r.mode, "fraction": r.fraction, "diff": r.gain,
-                             "ci_low": r.gain_ci_low, "ci_high": r.gain_ci_high, "significant": r.gain_significant,
-                             "n_test_records": r.n_test_records, "n_seeds": r.n_seeds})  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _excludes_zero(ci: dict[str, float]) -> bool:
-    lo, hi = ci["ci_low"], ci["ci_high"]
-    return bool(math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0))
-
-
 def choose_schedule(tuning: pd.DataFrame, score: str) -> dict[tuple[str, str], dict[str, float]]:
     """Per (init, mode), the schedule (lr, encoder_lr_scale, warmup_fraction) with the best validation ``score``
     among the tuning runs (rows with init, mode, lr, encoder_lr_scale, warmup_fraction and ``score``); ties and
@@ -176,6 +94,16 @@ def choose_schedule(tuning: pd.DataFrame, score: str) -> dict[tuple[str, str], d
         best = part.loc[values.fillna(-np.inf).idxmax()]
         out[(str(init), str(mode))] = {k: float(best[k]) for k in ("lr", "encoder_lr_scale", "warmup_fraction")}
     return out
+
+
+def schedule_edges(grid: list[dict[str, float]], chosen: dict[tuple[str, str], dict[str, float]]) -> dict[
+        tuple[str, str], bool]:
+    """Per (arm, mode): True when the chosen learning rate is the smallest or the largest of the grid's (two or
+    more) distinct learning rates: the best schedule may lie outside the grid, so its verdicts are withheld."""
+    lrs = sorted({float(g["lr"]) for g in grid})
+    if len(lrs) < 2:
+        return {k: False for k in chosen}
+    return {k: float(v["lr"]) in (lrs[0], lrs[-1]) for k, v in chosen.items()}
 
 
 def pretraining_overlap(cfg, encoder_ref: str, tracking_uri: str | None = None) -> dict:

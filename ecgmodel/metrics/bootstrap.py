@@ -1,16 +1,20 @@
-"""Paired bootstrap over test records (and seeds) for differences between two ablation arms.
+"""Hierarchical paired bootstrap (pretraining runs, fine-tuning seeds, test records) for ablation differences.
 
 The ablation's figures are differences of a task metric between two arms evaluated on the SAME test records:
 SSL - random at one label fraction (a *gain*), or SSL at fraction f - random at 100 % (the non-inferiority
 comparison behind ``labels_to_match``). Each arm has one run per seed; seed ``s`` draws the same label subset for
 both inits, so arms are paired by seed when they have the same seeds.
 
-One bootstrap replicate draws the test records with replacement (one draw shared by both arms: the pairing that
-removes the between-record variance both arms share) and the seeds with replacement (shared when paired), and
-recomputes ``mean over drawn seeds of metric(arm A) - mean of metric(arm B)`` on the drawn records. The
+An SSL arm has K pretraining runs (K encoders of one recipe, different pretraining seeds), each fine-tuned with
+the same seeds. One bootstrap replicate draws each arm's pretraining runs with replacement, then the fine-tuning
+seeds (one draw shared by both arms: paired by seed NUMBER, the same label subset), then the test records (one
+draw shared by both arms, matched by record key: the pairing that removes the between-record variance both arms
+share), and recomputes ``value(A) - value(B)``, value being the mean over pretraining runs of the mean over seeds
+of the metric on the drawn records. A failed cell is absent from its pretraining run; it never shifts a pairing. The
 percentile interval of the replicates is the CI; the point estimate is the difference on the full test set.
 Metrics that are not averages over records (the Challenge score, macro AUROC) are recomputed on every replicate,
-which is why the predictions, not per-run scores, are bootstrapped.
+which is why the predictions, not per-run scores, are bootstrapped. Percentile intervals of the metric's own values
+stay inside its range (no t-intervals).
 """
 
 from __future__ import annotations
@@ -117,67 +121,165 @@ def prepare(p: Predictions, metric: str) -> Predictions:
     return p
 
 
-def _align(runs: Sequence[Predictions], keys: np.ndarray) -> list[Predictions]:
-    out = []
-    for r in runs:
-        pos = {k: i for i, k in enumerate(r.keys)}
-        out.append(r.take(np.array([pos[k] for k in keys], dtype=np.int64)))
+# ---------------------------------------------------------------------------------------------- bootstrap
+#: Arm of a comparison: pretraining-run id -> fine-tuning seed -> that cell's test predictions. Arms that are not
+#: pretrained (random, supervised) have one pseudo pretraining run ``""``. Pairing is by identity: the seed NUMBER
+#: (the same label subset in both arms) and the record key; a failed cell is simply absent from its run.
+Arm = dict[str, dict[int, Predictions]]
+
+#: below this many common test records a bootstrap cannot vary enough to support any verdict
+MIN_TEST_RECORDS = 5
+TOO_FEW_RECORDS = "too few test records"
+
+
+def as_arm(runs: Sequence[Predictions] | Arm) -> Arm:
+    """A list of per-seed predictions (seed = position) as a one-pretraining-run :data:`Arm`."""
+    if isinstance(runs, dict):
+        return runs
+    return {"": dict(enumerate(runs))}
+
+
+def _common_keys(*arms: Arm) -> np.ndarray:
+    common: set | None = None
+    for arm in arms:
+        for cells in arm.values():
+            for p in cells.values():
+                common = set(p.keys) if common is None else common & set(p.keys)
+    return np.array(sorted(common or ()))
+
+
+def _aligned(arm: Arm, keys: np.ndarray) -> Arm:
+    out: Arm = {}
+    for run, cells in arm.items():
+        out[run] = {}
+        for s, p in cells.items():
+            pos = {k: i for i, k in enumerate(p.keys)}
+            out[run][s] = p.take(np.array([pos[k] for k in keys], dtype=np.int64))
     return out
 
 
-# ---------------------------------------------------------------------------------------------- bootstrap
-def paired_bootstrap(
-    arm_a: Sequence[Predictions],
-    arm_b: Sequence[Predictions],
+def _arm_value(arm: Arm, runs: Sequence[str], seeds: Sequence[int], score) -> float:
+    """Mean over the drawn pretraining runs of the mean over the drawn seeds present in that run (a failed cell is
+    absent: its seed is skipped in that run only, no other cell takes its place)."""
+    per_run = []
+    for r in runs:
+        vals = [score(r, s) for s in seeds if s in arm[r]]
+        vals = [v for v in vals if np.isfinite(v)]
+        if vals:
+            per_run.append(float(np.mean(vals)))
+    return float(np.mean(per_run)) if per_run else math.nan
+
+
+def _replicate_value(arm: Arm, runs: Sequence[str], seeds: Sequence[int], idx: np.ndarray, metric) -> float:
+    """:func:`_arm_value` on the records ``idx`` (each drawn cell scored once)."""
+    weights = np.bincount(idx, minlength=len(next(iter(next(iter(arm.values())).values())).keys))
+    cache: dict[tuple[str, int], float] = {}
+
+    def score(r: str, s: int) -> float:
+        if (r, s) not in cache:
+            p = arm[r][s]
+            # per-record multiplicities instead of copies where the metric supports it: same value, faster
+            cache[(r, s)] = metric.weighted(p, weights) if hasattr(metric, "weighted") else metric(p.take(idx))
+        return cache[(r, s)]
+
+    return _arm_value(arm, runs, seeds, score)
+
+
+def hierarchical_bootstrap(
+    arm_a: Sequence[Predictions] | Arm,
+    arm_b: Sequence[Predictions] | Arm | None,
     metric: Callable[[Predictions], float],
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Difference ``mean metric(A) - mean metric(B)`` with its paired-bootstrap percentile CI (module docstring).
+    """``value(A) - value(B)`` (or ``value(A)`` when ``arm_b`` is None) with its hierarchical paired-bootstrap CI.
 
-    ``arm_a`` / ``arm_b``: one :class:`Predictions` per seed (paired by position when both have as many); records
-    are matched by key and only the records both arms scored are used. Returns estimate, ci_low, ci_high,
-    n_records, n_seeds_a, n_seeds_b, n_boot (valid replicates)."""
-    if not arm_a or not arm_b:
-        return {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_records": 0,
-                "n_seeds_a": len(arm_a), "n_seeds_b": len(arm_b), "n_boot": 0}  # fmt: skip
-    common = set(arm_a[0].keys)
-    for r in (*arm_a, *arm_b):
-        common &= set(r.keys)
-    keys = np.array(sorted(common))
-    a, b = _align(arm_a, keys), _align(arm_b, keys)
+    value(arm) = mean over pretraining runs of the mean over fine-tuning seeds of the metric on the test records.
+    One replicate draws, with replacement: each arm's pretraining runs (independently: different arms have
+    different pretraining runs), then fine-tuning seeds from the union of seed numbers (one draw shared by both
+    arms: seed s is the same label subset in both), then test records (one draw shared by both arms, matched by
+    key). Percentile interval; the estimate uses every run, seed and common record. ``too_few`` is True when the
+    replicates cannot vary (fewer than :data:`MIN_TEST_RECORDS` common records, or a zero-width interval): such a
+    comparison supports no verdict."""
+    a = as_arm(arm_a)
+    b = as_arm(arm_b) if arm_b is not None else None
+    a = {r: c for r, c in a.items() if c}
+    b = {r: c for r, c in b.items() if c} if b is not None else None
+    empty = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_records": 0, "n_boot": 0,
+             "n_cells_a": sum(map(len, a.values())), "n_cells_b": sum(map(len, (b or {}).values())),
+             "n_pretrain_a": len(a), "n_pretrain_b": len(b or {}), "too_few": True}  # fmt: skip
+    if not a or (b is not None and not b):
+        return empty
+    keys = _common_keys(a, *([b] if b is not None else []))
     n = len(keys)
-    estimate = float(np.nanmean([metric(r) for r in a]) - np.nanmean([metric(r) for r in b])) if n else math.nan
+    if not n:
+        return empty
+    a = _aligned(a, keys)
+    b = _aligned(b, keys) if b is not None else None
+    seeds = sorted({s for arm in ([a, b] if b is not None else [a]) for c in arm.values() for s in c})
+    runs_a, runs_b = sorted(a), sorted(b) if b is not None else []
+
+    def full(arm: Arm, runs: list[str]) -> float:
+        return _arm_value(arm, runs, seeds, lambda r, s: metric(arm[r][s]))
+
+    estimate = full(a, runs_a) - (full(b, runs_b) if b is not None else 0.0)
+    rng = np.random.default_rng(seed)
+    reps = []
     with threadpool_limits(limits=1, user_api="blas"):  # thousands of tiny products: threads only cost here
-        diffs = _replicates(a, b, metric, n, n_boot, seed)
-    if diffs:
-        lo, hi = np.percentile(diffs, [50 * (1 - confidence), 50 * (1 + confidence)])
+        for _ in range(n_boot):
+            ra = [runs_a[i] for i in rng.integers(0, len(runs_a), len(runs_a))]
+            rb = [runs_b[i] for i in rng.integers(0, len(runs_b), len(runs_b))] if b is not None else []
+            ss = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
+            idx = rng.integers(0, n, n)
+            d = _replicate_value(a, ra, ss, idx, metric)
+            if b is not None:
+                d -= _replicate_value(b, rb, ss, idx, metric)
+            if np.isfinite(d):
+                reps.append(d)
+    if reps:
+        lo, hi = (float(v) for v in np.percentile(reps, [50 * (1 - confidence), 50 * (1 + confidence)]))
     else:
         lo = hi = math.nan
-    return {"estimate": estimate, "ci_low": float(lo), "ci_high": float(hi), "n_records": int(n),
-            "n_seeds_a": len(a), "n_seeds_b": len(b), "n_boot": len(diffs)}  # fmt: skip
+    too_few = bool(n < MIN_TEST_RECORDS or not reps or hi - lo <= 0.0)
+    return {**empty, "estimate": float(estimate), "ci_low": lo, "ci_high": hi, "n_records": int(n),
+            "n_boot": len(reps), "too_few": too_few}  # fmt: skip
 
 
-def _replicates(a: list[Predictions], b: list[Predictions], metric, n: int, n_boot: int, seed: int) -> list[float]:
+def paired_bootstrap(
+    arm_a: Sequence[Predictions] | Arm,
+    arm_b: Sequence[Predictions] | Arm,
+    metric: Callable[[Predictions], float],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`hierarchical_bootstrap` of A - B; lists are one pretraining run whose seeds are the positions.
+    Also returns ``n_seeds_a`` / ``n_seeds_b`` (cells per arm)."""
+    res = hierarchical_bootstrap(arm_a, arm_b, metric, n_boot, confidence, seed)
+    return {**res, "n_seeds_a": res["n_cells_a"], "n_seeds_b": res["n_cells_b"]}
+
+
+def seed_interval(values: dict[tuple[str, int], float], n_boot: int = 1000, confidence: float = 0.95,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of an arm's mean score from per-cell scores ``{(pretraining run, seed):
+    value}``: pretraining runs, then seeds, resampled. Inside the range of the scores (so inside the metric's
+    range), unlike a t-interval; NaN with a single cell."""
+    vals = {k: v for k, v in values.items() if v is not None and np.isfinite(v)}
+    if len(vals) < 2:
+        return math.nan, math.nan
+    runs = sorted({r for r, _ in vals})
+    seeds = sorted({s for _, s in vals})
     rng = np.random.default_rng(seed)
-    paired = len(a) == len(b)
-    diffs = []
-    for _ in range(n_boot if n else 0):
-        idx = rng.integers(0, n, n)
-        sa = rng.integers(0, len(a), len(a))
-        sb = sa if paired else rng.integers(0, len(b), len(b))
-        if hasattr(metric, "weighted"):  # per-record multiplicities instead of copies: same value, faster
-            w = np.bincount(idx, minlength=n)
-            ma = {s: metric.weighted(a[s], w) for s in set(sa.tolist())}
-            mb = {s: metric.weighted(b[s], w) for s in set(sb.tolist())}
-        else:
-            ma = {s: metric(a[s].take(idx)) for s in set(sa.tolist())}
-            mb = {s: metric(b[s].take(idx)) for s in set(sb.tolist())}
-        d = np.mean([ma[s] for s in sa]) - np.mean([mb[s] for s in sb])
-        if np.isfinite(d):
-            diffs.append(d)
-    return diffs
+    reps = []
+    for _ in range(n_boot):
+        rr = [runs[i] for i in rng.integers(0, len(runs), len(runs))]
+        ss = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
+        per_run = [np.mean(v) for v in ([vals[(r, s)] for s in ss if (r, s) in vals] for r in rr) if v]
+        if per_run:
+            reps.append(float(np.mean(per_run)))
+    lo, hi = np.percentile(reps, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(lo), float(hi)
 
 
 def labels_to_match(lower_bounds: dict[float, float], margin: float) -> float:

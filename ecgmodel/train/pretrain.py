@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ecgmodel.code_digest import code_digest
 from ecgmodel.config import apply_overrides, config_hash, flatten
 from ecgmodel.data.loader import make_loader
 from ecgmodel.data.signal import FLAT_MV
@@ -145,16 +146,22 @@ def autocast_ctx(cfg: PretrainConfig, device: torch.device):
 def _mlflow_start(cfg: PretrainConfig, store: str, store_hash: str, run_id: str | None, flow_run_id: str | None,
                   tracking_uri: str | None):
     import mlflow
+    from mlflow.exceptions import MlflowException
 
+    from ecgmodel.dataset_inputs import log_store_inputs
     from ecgmodel.tracking import run_tags, setup_mlflow
 
     setup_mlflow(cfg.run.experiment, tracking_uri)
     if run_id:
-        return mlflow.start_run(run_id=run_id)
+        try:
+            return mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        except MlflowException:  # the checkpoint's run lives in another tracking store: log to a new run here
+            print(f"pretrain: MLflow run {run_id} is not in the tracking store in force; starting a new run")
     tags = run_tags(config_hash=config_hash(cfg), store_hash=store_hash, store_path=str(Path(store).resolve()),
-                    flow_run_id=flow_run_id)
-    run = mlflow.start_run(run_name=f"pretrain-{config_hash(cfg)[:8]}", tags=tags)
+                    flow_run_id=flow_run_id, extra={"ecgssl.code_digest": code_digest()})
+    run = mlflow.start_run(run_name=f"pretrain-{config_hash(cfg)[:8]}", tags=tags, log_system_metrics=True)
     mlflow.log_params(flatten(cfg))
+    log_store_inputs(store, store_hash, cfg.data.splits)
     return run
 
 
@@ -282,6 +289,12 @@ def train(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for fp16 configs
     step, run_id = 0, None
+    result_path = out / RESULT_FILE
+    code = code_digest()
+    stale = finished_run_stale(result_path, code, cfg, tracking_uri) if resume and ckpt_path.exists() else None
+    if stale:  # a finished run from other code or another tracking store is not this run's result: redo it
+        print(f"pretrain: {out} holds a finished run that {stale}; training again from scratch", flush=True)
+        resume = False
     if resume and ckpt_path.exists():
         # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are copied to the device
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
@@ -302,8 +315,7 @@ def train(
         kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step] \
             if metrics_path.exists() and step > 0 else []
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
-    result_path = out / RESULT_FILE
-    if step >= cfg.optim.max_steps and result_path.exists():  # already finished: report, don't redo
+    if step >= cfg.optim.max_steps and result_path.exists():  # already finished (same code, run in the store)
         loader.close()
         distributed.cleanup()
         return {**json.loads(result_path.read_text()), "history": []}
@@ -409,8 +421,10 @@ def train(
         ev = evaluate_held_out(raw, pinned, selection, cfg, device, loader)
         result["metrics"].update(ev["metrics"])
         if mlflow_run is not None:
-            result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out))
+            result.update(_log_artifacts(cfg, ev, encoder_path, run_id, out, store=str(store)))
     if finished and info.is_main:
+        result["code_digest"] = code
+        result["tracking_uri"] = _uri_in_force(tracking_uri) if mlflow_run is not None else None
         result_path.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, default=str))
     if mlflow_run is not None:
         import mlflow
@@ -424,7 +438,54 @@ def train(
     return result
 
 
-def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, run_id: str, out: Path) -> dict:
+def _uri_in_force(tracking_uri: str | None) -> str:
+    from ecgmodel.tracking import tracking_uri as default_uri
+
+    return tracking_uri or default_uri()
+
+
+def finished_run_stale(result_path: Path, code: str, cfg: PretrainConfig, tracking_uri: str | None) -> str | None:
+    """Why the finished run recorded in ``result_path`` must not be reused (``None``: it may be).
+
+    Reused only when it was trained by the same code (:func:`ecgmodel.code_digest.code_digest`) and, when this
+    run logs to MLflow, its run (and its registered encoder version) exist in the tracking store in force: a
+    checkpoint found on disk whose run lives in another store would hand out links that lead nowhere there.
+    """
+    if not result_path.is_file():
+        return None
+    try:
+        done = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return "has an unreadable result.json"
+    if done.get("code_digest") != code:
+        return f"was trained by other code (code digest {done.get('code_digest') or 'unknown'}, now {code})"
+    if not cfg.run.mlflow:
+        return None
+    uri = _uri_in_force(tracking_uri)
+    run_id = done.get("run_id")
+    if not run_id:
+        return f"has no MLflow run (now logging to {uri})"
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if client.get_run(run_id).info.lifecycle_stage == "deleted":
+            return f"has its MLflow run {run_id} deleted in {uri}"
+    except MlflowException:
+        return f"has its MLflow run {run_id} in another tracking store than the one in force ({uri})"
+    model = str(done.get("encoder_uri") or "")
+    if model.startswith("models:/") and "/" in model[len("models:/"):]:
+        name, version = model[len("models:/"):].rsplit("/", 1)
+        try:
+            client.get_model_version(name, version)
+        except MlflowException:
+            return f"registered {model}, which is not in the registry of {uri}"
+    return None
+
+
+def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, run_id: str, out: Path,
+                   store: str | None = None) -> dict:
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -444,20 +505,52 @@ def _log_artifacts(cfg: PretrainConfig, ev: dict[str, Any], encoder_path: Path, 
         mlflow.log_figure(fig, "plots/lead_confusion.png")
         plt.close(fig)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    extra = [out / "config.json"] + [out / n for n in (SEEN_FILE, SEEN_INFO) if (out / n).is_file()]
+    try:  # the encoder as an MLflow pyfunc model (MLmodel, signature, real input example, contract) ...
+        from ecgmodel.serving.log import log_model_folder, save_encoder_model
+
+        folder, _ = save_encoder_model(out / "mlflow-model" / "encoder", encoder_path, store=store,
+                                       extra_files=extra)  # fmt: skip
+        log_model_folder(run_id, folder, "encoder")
+    except Exception as e:  # noqa: BLE001 - ... or, failing that, the plain files load_encoder reads
+        import logging
+
+        logging.getLogger(__name__).warning("encoder not logged as an MLflow model (%s: %s); logging its files",
+                                            type(e).__name__, e)  # fmt: skip
+        with MLFLOW_WRITE_LOCK:
+            for path in [encoder_path, *extra]:  # what the encoder saw travels with it (the ablation's leak check)
+                mlflow.log_artifact(str(path), artifact_path="encoder")
     with MLFLOW_WRITE_LOCK:
-        mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
-        mlflow.log_artifact(str(out / "config.json"), artifact_path="encoder")
-        for name in (SEEN_FILE, SEEN_INFO):  # what the encoder saw travels with it (the ablation's leak check)
-            if (out / name).is_file():
-                mlflow.log_artifact(str(out / name), artifact_path="encoder")
         mlflow.set_tag("ecgssl.pretrain_splits", ",".join(cfg.data.splits))
         mlflow.set_tag("ecgssl.eval_source", ev.get("source", ""))
     result = {"encoder_uri": f"runs:/{run_id}/encoder"}
-    if cfg.run.register_model:
+    name = encoder_registry_name(cfg)
+    if cfg.run.register_model and name:
         tags = mlflow.get_run(run_id).data.tags
         meta = encoder_version_metadata(cfg, tags.get("ecgssl.store_hash"), ev["metrics"], run_id)
-        result["encoder_uri"] = register_encoder(run_id, cfg.run.registered_model, **meta)
+        result["encoder_uri"] = register_encoder(run_id, name, **meta)
+        result["registered_model"] = name
     return result
+
+
+#: Runs shorter than this (plumbing checks such as the tests' few-step runs) never become ``ecgssl-encoder``.
+SMOKE_STEPS = 100
+
+
+def encoder_registry_name(cfg: PretrainConfig) -> str:
+    """The registered name of a run's encoder (docs/use.md "Registry"):
+
+    * ``run.registered_model`` when it is set to something other than ``ecgssl-encoder`` (the pipeline's pretext
+      arms: ``ecgssl-encoder-<arm>``);
+    * ``ecgssl-encoder-smoke`` for runs of fewer than :data:`SMOKE_STEPS` steps;
+    * else ``ecgssl-encoder`` (main runs). Only the pipeline moves the ``champion`` alias, after its gate.
+    """
+    name = cfg.run.registered_model
+    if name != "ecgssl-encoder":
+        return name
+    if cfg.optim.max_steps < SMOKE_STEPS:
+        return "ecgssl-encoder-smoke"
+    return name
 
 
 def encoder_version_metadata(
@@ -472,7 +565,8 @@ def encoder_version_metadata(
     description = (
         f"Self-supervised ECG encoder ({pretext}), {cfg.optim.max_steps} steps on store {store_hash or 'unknown'}; "
         f"config {config_hash(cfg)}, MLflow run {run_id}. Final metrics: {shown}. "
-        "Load with ecgmodel.train.checkpoint.load_encoder."
+        "An MLflow pyfunc model (mlflow.pyfunc.load_model: one embedding per record, docs/use.md); "
+        "ecgmodel.train.checkpoint.load_encoder reads the same version as an Encoder."
     )
     tags = {"ecgssl.store_hash": store_hash or "unknown", "ecgssl.config_hash": config_hash(cfg),
             "ecgssl.pretext": cfg.ssl.mode, "ecgssl.steps": str(cfg.optim.max_steps),
@@ -496,8 +590,8 @@ def register_encoder(
     source = f"{mlflow.get_run(run_id).info.artifact_uri}/encoder"
     with MLFLOW_WRITE_LOCK:
         try:
-            client.create_registered_model(name, description="ecgssl self-supervised ECG encoder "
-                                           "(load with ecgmodel.train.checkpoint.load_encoder)")
+            client.create_registered_model(name, description="ecgssl self-supervised ECG encoder (MLflow pyfunc "
+                                           "model: embeddings; or ecgmodel.train.checkpoint.load_encoder)")
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise

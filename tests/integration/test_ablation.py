@@ -10,6 +10,7 @@ import argparse
 import ast
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from ecgmodel.data.labels import merged_scored_codes, scored_codes
 from ecgmodel.data.store import StoreWriter, WindowBatch
 from ecgmodel.downstream.ablation import gains, summarize
 from ecgmodel.downstream.config import FinetuneConfig
+from ecgmodel.errors import UserError
 from ecgmodel.models.encoder import EncoderConfig, build_encoder
 from ecgmodel.train.checkpoint import save_encoder
 
@@ -183,7 +185,7 @@ def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file
     kwargs = dict(task="localization", store=store, encoder=encoder_file, fractions=[0.25, 0.5, 1.0], seeds=2,
                   modes=["full"], inits=["random", "ssl"], max_concurrent=2, out_dir=str(tmp_path / "abl"),
                   overrides={"optim.epochs": 3, "optim.batch_size": 16}, bootstrap_samples=100,
-                  schedule_grid=[{"lr": 3e-3, "encoder_lr_scale": 0.1}], allow_pretrain_overlap=False)
+                  schedule_grid=[{"lr": 3e-3, "encoder_lr_scale": 0.1}], allow_pretrain_overlap=False, supervised=False)
     res = ablation_flow(**kwargs)
     client = MlflowClient()
     parent = client.get_run(res["parent_run_id"])
@@ -227,20 +229,28 @@ def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file
     ltm = res["labels_to_match"]
     if math.isnan(ltm):
         assert math.isnan(parent.data.metrics["labels_to_match"])  # logged as NaN, not left out
-        assert parent.data.tags["ecgssl.labels_to_match"] == "not reached"
+        assert parent.data.metrics["labels_to_match_reached"] == 0.0  # what the MLflow UI shows
     else:
         assert parent.data.metrics["labels_to_match"] == ltm
         assert evidence.loc[evidence["fraction"] >= ltm, "non_inferior"].all()
+    # printed: the value, "not reached", or withheld when an arm was budget-limited (3 epochs here)
+    assert parent.data.tags["ecgssl.labels_to_match"] == res["labels_to_match_text"]
+    limited = {a: parent.data.metrics[f"budget_limited_{a}_full"] for a in ("random", "ssl")}
+    if limited["random"] or limited["ssl"]:
+        assert "withheld" in res["labels_to_match_text"] and "budget-limited" in parent.data.tags["mlflow.note.content"]
     assert "labels to match" in parent.data.tags["mlflow.note.content"]
 
     # subsets of one seed are identical across inits and nested across fractions
-    subs = {}
-    for name in ("random-full-f0.25-s0", "ssl-full-f0.25-s0", "ssl-full-f1-s0"):
-        subs[name] = pd.read_csv(tmp_path / "abl" / "cells" / name / "label_subsets.csv")
-    assert subs["random-full-f0.25-s0"].equals(subs["ssl-full-f0.25-s0"])
-    t = subs["ssl-full-f1-s0"]
+    folder = Path(res["report_dir"])
+    assert folder.parent == tmp_path / "abl" and folder.name.endswith(parent.info.run_id[:8])
+    (ssl_cell,) = folder.glob("cells/ssl-p*-full-f0.25-s0")
+    subs = {"random": pd.read_csv(folder / "cells" / "random-full-f0.25-s0" / "label_subsets.csv"),
+            "ssl": pd.read_csv(ssl_cell / "label_subsets.csv"),
+            "ssl1": pd.read_csv(next(folder.glob("cells/ssl-p*-full-f1-s0")) / "label_subsets.csv")}
+    assert subs["random"].equals(subs["ssl"])
+    t = subs["ssl1"]
     assert (t["fraction_0.25"] <= t["fraction_0.5"]).all() and t["fraction_1"].all()
-    splits = pd.read_csv(tmp_path / "abl" / "cells" / "ssl-full-f1-s0" / "splits.csv", dtype=str)
+    splits = pd.read_csv(next(folder.glob("cells/ssl-p*-full-f1-s0")) / "splits.csv", dtype=str)
     assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
 
     # an interrupted ablation is resumed: finished cells are reused, nothing is trained twice
@@ -250,6 +260,11 @@ def test_ablation_end_to_end_on_the_shared_mirror(tmp_path, shared, encoder_file
     assert len(client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 12
     assert again["gains"] == pytest.approx(res["gains"])
+    # every number of the parent re-derived from the report folder alone
+    from ecgmodel.ablation.report import rederive
+    from flows.report import compare
+
+    assert compare(client.get_run(parent.info.run_id).data.metrics, rederive(folder)["metrics"]) == []
     print(json.dumps({k: res[k] for k in ("labels_to_match", "gains", "best")}, default=str))
 
 
@@ -277,7 +292,7 @@ def test_failing_cells_fail_the_flow_and_name_the_setting(tmp_path):
     with pytest.raises(RuntimeError, match=r"2 of 2 fine-tuning cells failed.*min_class_records"):
         ablation_flow(task="localization", store=str(store), encoder=None, fractions=[0.5, 1.0], seeds=1,
                       modes=["full"], inits=["random"], out_dir=str(tmp_path / "abl"),
-                      overrides={"encoder": TINY.model_dump(), "min_class_records": 20},
+                      overrides={"encoder": TINY.model_dump(), "min_class_records": 20}, supervised=False,
                       schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 1.0}])  # fmt: skip
     client = MlflowClient()
     exp = setup_mlflow("ecgssl-localization")
@@ -287,15 +302,15 @@ def test_failing_cells_fail_the_flow_and_name_the_setting(tmp_path):
     assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2 and {c.info.status for c in children} == {"FAILED"}  # one attempt per cell
-    cells = pd.read_csv(tmp_path / "abl" / "cells.csv")
+    cells = pd.read_csv(next((tmp_path / "abl").glob("*/cells.csv")))
     assert cells["error"].str.contains("min_class_records").all()
     # with a schedule grid the tuning runs fail first: no cell is trained and the message says why
     with pytest.raises(RuntimeError, match=r"all 2 schedule-tuning runs failed.*min_class_records"):
         ablation_flow(task="localization", store=str(store), encoder=None, fractions=[1.0], seeds=1,
                       modes=["full"], inits=["random"], out_dir=str(tmp_path / "abl2"),
-                      overrides={"encoder": TINY.model_dump(), "min_class_records": 20},
+                      overrides={"encoder": TINY.model_dump(), "min_class_records": 20}, supervised=False,
                       schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 1.0}, {"lr": 3e-4, "encoder_lr_scale": 1.0}])
-    assert not (tmp_path / "abl2" / "cells").exists()
+    assert not list((tmp_path / "abl2").glob("*/cells"))
 
 
 @pytest.mark.slow
@@ -310,16 +325,16 @@ def test_ablation_refuses_an_encoder_that_saw_its_test_records(tmp_path, encoder
     write_seen(tmp_path, table, {"splits": ["train", "val", "test"]})  # beside encoder.pt: it saw everything
     kwargs = dict(task="arrhythmia27", store=store, encoder=encoder_file, fractions=[1.0], seeds=1, modes=["linear"],
                   out_dir=str(tmp_path / "abl"), overrides={"optim.epochs": 1, "threshold_grid": 5},
-                  schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1}], bootstrap_samples=20)  # fmt: skip
-    with pytest.raises(ValueError, match=r"pretrained on \d+ of this task's validation/test recordings.*"
-                                         r"--allow-pretrain-overlap"):  # fmt: skip
+                  schedule_grid=[{"lr": 1e-3, "encoder_lr_scale": 0.1}], bootstrap_samples=20, supervised=False)  # fmt: skip
+    with pytest.raises(UserError, match=r"pretrained on \d+ of this task's validation/test recordings.*"
+                                        r"--allow-pretrain-overlap"):  # fmt: skip
         ablation_flow(**kwargs)
-    assert not (tmp_path / "abl" / "cells").exists()  # refused before any training
+    assert not list((tmp_path / "abl").glob("*/cells"))  # refused before any training
     res = ablation_flow(**kwargs, allow_pretrain_overlap=True)
     assert "allowed explicitly" in res["pretrain_overlap"]
     parent = MlflowClient().get_run(res["parent_run_id"])
     assert "allowed explicitly" in parent.data.tags["ecgssl.pretrain_overlap"]
-    assert "allowed explicitly" in (tmp_path / "abl" / "report.md").read_text()
+    assert "allowed explicitly" in (Path(res["report_dir"]) / "report.md").read_text()
     # Prefect artifacts of the ablation itself: headline, summary table (metric named), progress over its runs
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -165,3 +165,21 @@ def test_worker_killed_mid_batch_loses_only_the_record_that_kills_it():
     assert sorted(res.records) == ["A0001", "E00001", "S0001"] and len(res.batch) >= 3
     assert [f["record"] for f in res.failures] == ["E00015"]
     assert "KilledWorker" in res.failures[0]["reason"] and "worker crash" in res.failures[0]["reason"]
+
+
+def test_local_cluster_logs_its_address_and_a_working_dashboard(caplog):
+    """The ingest's own local cluster says where it is: its scheduler address and a dashboard link that answers
+    (bokeh is installed with the `stack` extra)."""
+    import logging
+    import re
+
+    import requests
+
+    from ecgmodel.data.convert import dask_client
+
+    with caplog.at_level(logging.INFO, logger="ecgmodel.data.convert"), dask_client(1) as client:
+        said = " ".join(r.getMessage() for r in caplog.records if r.name == "ecgmodel.data.convert")
+        m = re.search(r"local Dask cluster at (tcp://127\.0\.0\.1:\d+), 1 worker processes \(dashboard: (http://\S+)\)", said)
+        assert m, said
+        assert m.group(1) == client.scheduler.address
+        assert requests.get(m.group(2), timeout=30).status_code == 200, m.group(2)

@@ -19,7 +19,7 @@ def test_embed_cli_by_uri_run_id_path_and_random(tmp_path, capsys):
     store = bundled_store(tmp_path / "store")
     res = train(build_config("cpu", TINY), store, tmp_path / "run")
     uri, run_id = res["encoder_uri"], res["run_id"]
-    assert uri.startswith("models:/ecgssl-encoder/")
+    assert uri.startswith("models:/ecgssl-encoder-smoke/")  # a 2-step run never becomes ecgssl-encoder
     outs = {}
     for name, ref in (("uri", uri), ("run", run_id), ("path", str(tmp_path / "run"))):
         outs[name] = tmp_path / f"{name}.parquet"
@@ -39,5 +39,6 @@ def test_embed_cli_by_uri_run_id_path_and_random(tmp_path, capsys):
     np.testing.assert_allclose(R, np.stack(embed_store(store, random_arch=str(tmp_path / "run"), seed=3)["vector"]),
                                rtol=1e-5, atol=1e-6)
     assert "records" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["embed", "--store", str(store), "--out", str(tmp_path / "x.parquet")])  # neither --encoder nor --random
+    # neither --encoder nor --random: the registry's champion, which this tracking store does not have
+    assert main(["embed", "--store", str(store), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "ecgssl-encoder@champion" in capsys.readouterr().err

@@ -42,6 +42,7 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     cfg = small_config(tmp_path)
+    cfg.pretrain.runs = 2  # K pretraining runs: the ablation's SSL arm gets both
     client = MlflowClient()
 
     first = pipeline_flow(cfg)
@@ -51,6 +52,12 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     assert encoder.is_file() and encoder.parent.name.startswith(store_hash)  # checkpoints keyed on the data
     abl = first["ablations"]["localization"]
     assert Path(abl["summary_csv"]).is_file() and Path(abl["plot"]).is_file()
+    import pandas as pd
+
+    cells = pd.read_csv(Path(abl["summary_csv"]).parent / "cells.csv")
+    ssl_cells = cells[(cells["init"] == "ssl") & (cells["role"] == "cell")]
+    assert ssl_cells["pretrain_id"].nunique() == 2  # both pretraining runs were fine-tuned from
+    assert (tmp_path / "pretrain").is_dir() and any(p.name.endswith("-seed1") for p in (tmp_path / "pretrain").iterdir())
 
     # MLflow: the pipeline's own run links every stage and carries the standard tags
     run = client.get_run(first["pipeline_run_id"])
@@ -108,6 +115,24 @@ def test_pipeline_end_to_end_then_cached_then_rebuilt(tmp_path, monkeypatch):
     assert "localization" in state.message and "min_class_records" in state.message
     failed_summary = _artifacts("pipeline-summary")[0].data
     assert "The run failed" in failed_summary and "min_class_records" in failed_summary
+
+    # 6th run: the library code changed (its digest) -> every stage runs again: a new pretraining run (the finished
+    # checkpoint was trained by the old code) and a new ablation, not the cached results of the old code
+    import ecgmodel.train.pretrain as pretrain_module
+    import tasks.pipeline as pipeline_tasks
+
+    monkeypatch.setattr(pipeline_tasks, "code_digest", lambda *a, **k: "c0de0000c0de0000")
+    monkeypatch.setattr(pretrain_module, "code_digest", lambda *a, **k: "c0de0000c0de0000")
+    sixth = pipeline_flow(cfg)
+    assert sixth["pretrain_run_id"] not in (third["pretrain_run_id"], fourth["pretrain_run_id"])
+    assert sixth["ablations"]["localization"]["parent_run_id"] != new_parent
+    pretrain_tags = client.get_run(sixth["pretrain_run_id"]).data.tags
+    assert pretrain_tags["ecgssl.code_digest"] == "c0de0000c0de0000"
+
+    # 7th run: nothing changed, but --refresh -> every stage recomputed (pretraining from scratch)
+    seventh = pipeline_flow(cfg, refresh=True)
+    assert seventh["pretrain_run_id"] != sixth["pretrain_run_id"]
+    assert seventh["ablations"]["localization"]["parent_run_id"] != sixth["ablations"]["localization"]["parent_run_id"]
 
 
 def test_pretrain_ddp_flow_through_the_torchrun_launcher(tmp_path, monkeypatch):

@@ -245,7 +245,7 @@ def test_deploy_trigger_ablation_and_read_results_over_rest(stack, deployed):
         "task": "localization", "store": stack["store"], "encoder": stack["encoder"], "fractions": [1.0],
         "seeds": 1, "modes": ["full"], "inits": ["random", "ssl"], "max_concurrent": 1,
         "overrides": {"optim.epochs": 1, "min_class_records": 2}, "out_dir": str(tmp / "ablation"),
-        "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50,
+        "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50, "supervised": False,
     }
     flow_run_id = trigger(env, "ablation/ablation", params)
 
@@ -361,7 +361,8 @@ def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, dep
     tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
     encoder = tags["ecgssl.encoder_path"]
     assert Path(encoder).is_file() and encoder.startswith(str(demo))
-    versions = requests.get(f"{api}/model-versions/search", params={"filter": "name='ecgssl-encoder'"},
+    # a 4-step run registers under the smoke name (ecgmodel.train.pretrain.registered_name), not ecgssl-encoder
+    versions = requests.get(f"{api}/model-versions/search", params={"filter": "name='ecgssl-encoder-smoke'"},
                             timeout=10).json()["model_versions"]
     mine = [v for v in versions if v["run_id"] == tags["ecgssl.pretrain_run_id"]]
     assert mine and "Final metrics" in mine[0]["description"], versions
@@ -377,7 +378,7 @@ def test_demo_pipeline_deployment_reports_progress_and_fails_honestly(stack, dep
     params = {"task": "localization", "store": str(demo / "store.zarr"), "encoder": encoder, "fractions": [1.0],
               "seeds": 1, "modes": ["full"], "inits": ["random"], "max_concurrent": 1,
               "overrides": {"optim.epochs": 1, "min_class_records": 10_000}, "out_dir": str(demo / "failing"),
-              "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50}
+              "schedule_grid": [ONE_SCHEDULE], "bootstrap_samples": 50, "supervised": False}
     failing_run = trigger(env, "ablation/ablation", params)
     worker = work_once(stack, "cpu", "worker-failing-ablation")
     state = final_state(stack, failing_run)

@@ -379,8 +379,7 @@ def test_pretraining_selection_stays_on_the_commit_it_opened(tmp_path):
 def test_pretext_arms_are_compared_head_to_head(tmp_path):
     """arm_contrasts: joint right on 85 % of the records, mask on 60 %, shuffle like joint: joint - mask is
     significant and near +0.25, joint - shuffle is not; the report lists both."""
-    from ecgmodel.downstream.ablation import arm_contrasts
-    from ecgmodel.downstream.report import contrasts_markdown
+    from ecgmodel.ablation.report import Cells, arm_contrasts, contrasts_markdown
 
     rng = np.random.default_rng(5)
     n = 400
@@ -395,9 +394,9 @@ def test_pretext_arms_are_compared_head_to_head(tmp_path):
             np.savez(out / "test_predictions.npz", keys=np.array([f"r{i}" for i in range(n)]), y=np.zeros(n, np.int64),
                      probs=np.zeros((n, 2)), outputs=np.where(correct, 0, 1), classes=np.array(["a", "b"]))  # fmt: skip
             rows.append({"mode": "linear", "init": init, "fraction": 1.0, "seed": seed, "out_dir": str(out)})
-    cells = pd.DataFrame(rows)
-    table = arm_contrasts(cells, "localization", "test_accuracy", ["linear"], ["ssl-joint", "ssl-mask", "ssl-shuffle"],
-                          n_boot=300)  # fmt: skip
+    cells = Cells(pd.DataFrame(rows).assign(test_accuracy=0.0), tmp_path, "test_accuracy")
+    info = {"task": "localization", "metric": "test_accuracy", "modes": ["linear"], "margin": 0.0}
+    table = arm_contrasts(cells, info, ["ssl-joint", "ssl-mask", "ssl-shuffle"], n_boot=300)
     pairs = {(r.a, r.b): r for r in table.itertuples(index=False)}
     assert set(pairs) == {("ssl-joint", "ssl-mask"), ("ssl-joint", "ssl-shuffle"), ("ssl-mask", "ssl-shuffle")}
     jm = pairs[("ssl-joint", "ssl-mask")]
@@ -407,4 +406,4 @@ def test_pretext_arms_are_compared_head_to_head(tmp_path):
     assert pairs[("ssl-mask", "ssl-shuffle")].diff < 0
     md = contrasts_markdown(table)
     assert "| ssl-joint - ssl-mask | linear | 1 |" in md and md.count("\n| ssl-") == 3
-    assert arm_contrasts(cells, "localization", "test_accuracy", ["linear"], ["ssl-joint"]).empty
+    assert arm_contrasts(cells, info, ["ssl-joint"], n_boot=10).empty

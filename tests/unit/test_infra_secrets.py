@@ -8,6 +8,7 @@ workers, no published database or object-store ports.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_work_pool_templates_and_env_example_hold_no_credentials():
             key = line.split("=", 1)[0].strip()
             assert not CREDENTIAL.search(key), f".env.example sets the credential {key}: use a secret file"
     for path in sorted(INFRA.rglob("*")):
-        if path.is_file() and path.suffix in (".sh", ".yml", ".yaml", ".json", ".example", "") and \
+        if path.is_file() and path.suffix in (".sh", ".yml", ".yaml", ".json", ".example", ".py", "") and \
                 "secrets" not in path.parts:  # fmt: skip
             text = DEFAULTED.sub(lambda m: "${" + m.group(1) + "}", path.read_text(errors="replace"))
             assert all(FROM_SECRET_FILE.match(p) for p in USERINFO.findall(text)), f"{path}: URL with a password"
@@ -148,3 +149,83 @@ def test_multi_host_setup_is_authenticated_and_least_privileged():
     for name in ("worker-cpu", "worker-gpu"):
         svc = c["workers.yml"]["services"][name]
         assert "PREFECT_API_AUTH_STRING=" in " ".join(strings(svc["command"]))
+
+
+# Where infra/local/stack.py may put a value it read from a secret file: the environment of a process (under a
+# credential's name), an HTTP basic-auth header, a mode-600 file (_write_private), or psql's standard input.
+LOCAL_STACK = INFRA / "local" / "stack.py"
+ALLOWED_HOLDERS = {"auth", "password"}  # requests' auth=, the SQL fed to psql over stdin
+
+
+def _secret_reads(tree: ast.AST) -> list[tuple[ast.Call, list[ast.AST]]]:
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "secret":
+            chain, cur = [], node
+            while cur in parents:
+                cur = parents[cur]
+                chain.append(cur)
+            found.append((node, chain))
+    return found
+
+
+def local_stack_problems(source: str) -> list[str]:
+    """Each secret read must reach an allowed holder, and a list or f-string on the way (a command line, a URL)
+    only when that holder is a private file."""
+    problems = []
+    for call, chain in _secret_reads(ast.parse(source)):
+        where, inside = f"line {call.lineno}", False
+        for node in chain:
+            if isinstance(node, (ast.List, ast.JoinedStr)):
+                inside = True
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_write_private":
+                break  # a mode-600 file: anything goes
+            elif isinstance(node, ast.keyword):
+                if not (node.arg in ALLOWED_HOLDERS or node.arg == "PGPASSWORD" or CREDENTIAL.search(node.arg or "")):
+                    problems.append(f"{where}: a secret passed as {node.arg}=")
+                elif inside:
+                    problems.append(f"{where}: a secret inside a list or f-string (a command line, a URL)")
+                break
+            elif isinstance(node, ast.Assign):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if not names & ALLOWED_HOLDERS:
+                    problems.append(f"{where}: a secret assigned to {sorted(names)}"
+                                    + (" inside a list or f-string (a command line, a URL)" if inside else ""))
+                break
+            elif isinstance(node, ast.FunctionDef):
+                problems.append(f"{where}: a secret read in {node.name}() reaches no allowed holder")
+                break
+    return problems
+
+
+def test_the_local_stack_checker_catches_what_it_must():
+    bad = (
+        "def f(self):\n"
+        "    cmd = ['mlflow', 'server', '--password', self.secret('mlflow_admin')]\n"
+        "    url = f'postgresql://u:{self.secret(\"postgres\")}@h/db'\n"
+        "    run(cmd, extra=self.secret('x'))\n"
+    )
+    found = " | ".join(local_stack_problems(bad))
+    assert "list or f-string" in found and "extra=" in found, found
+    good = (
+        "def f(self):\n"
+        "    env.update(PGPASSWORD=self.secret('postgres'), PREFECT_SERVER_API_AUTH_STRING=self.secret('p'))\n"
+        "    _write_private(ini, f'admin_password = {self.secret(\"m\")}')\n"
+        "    auth = tuple(self.secret('p').split(':', 1))\n"
+    )
+    assert local_stack_problems(good) == []
+
+
+def test_local_stack_hands_credentials_only_to_environments_headers_and_private_files():
+    source = LOCAL_STACK.read_text()
+    assert _secret_reads(ast.parse(source)), "the checker found no secret read: did the accessor change name?"
+    assert local_stack_problems(source) == []
+    # its credential files are created mode 600 in a mode 700 folder; nothing prints a secret's value
+    assert "0o600" in source and "0o700" in source
+    assert not re.search(r"print\([^)]*secret\(", source)
+    wrapper = (INFRA / "local" / "stack.sh").read_text()
+    assert not CREDENTIAL.search(wrapper.replace("ECGSSL_CREDENTIALS", "")), "the wrapper handles no credential"

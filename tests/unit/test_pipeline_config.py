@@ -280,4 +280,6 @@ def test_demo_overrides_are_valid_keys_of_the_stage_configs():
     demo = PipelineConfig.demo()
     assert pretrain_config(demo.pretrain.preset, demo.pretrain.overrides).run.ckpt_every == 50
     for task in demo.ablation.tasks:
-        assert apply_overrides(FinetuneConfig(task=task), demo.ablation.overrides).optim.epochs == 5
+        assert apply_overrides(FinetuneConfig(task=task), demo.ablation.overrides).optim.epochs == 12
+        ft = apply_overrides(FinetuneConfig(task=task), demo.ablation.overrides)
+        assert ft.optim.patience < ft.optim.epochs  # else every demo cell would be flagged budget-limited

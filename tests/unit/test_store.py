@@ -254,8 +254,11 @@ def test_inspect_command(tmp_path, capsys):
     assert out["quarantined"] == [{"source": "src", "record": "R0009", "reason": "bad"}]
     assert out["schema_version"] == SCHEMA_VERSION and out["fs"] == 500 and out["hash"] == content_hash(path)
     assert "src/R0009: bad" in format_summary(out)
-    assert _cmd_inspect(argparse.Namespace(store=str(tmp_path / "missing"), json=False)) == 2
-    assert "not an ecgssl store" in capsys.readouterr().err
+    from flows.cli import main
+
+    assert main(["inspect", str(tmp_path / "missing")]) == 2  # one line with the command that creates it
+    err = capsys.readouterr().err
+    assert "not an ecgssl store" in err and "fix: ecgssl ingest --store" in err and err.count("\n") == 1
     # ingest exits non-zero only when a source could not be listed or nothing is stored
     assert exit_code({**out, "failed_sources": {}}) == 0
     assert exit_code({**out, "failed_sources": {"ludb": "RECORDS: 404"}}) == 1

@@ -70,9 +70,9 @@ def test_lost_manifest_is_refused_not_wiped_and_can_be_recovered(tmp_path):
     n_prev = json.loads((path / PREV_MANIFEST).read_text())["n"]
     assert 0 < n_prev < open_store(path).n
     (path / MANIFEST).unlink()
-    with pytest.raises(StoreError, match=r"no commit.json, but arrays .* hold rows.*recover_store"):
+    with pytest.raises(StoreError, match=r"no commit.json, but arrays .* hold rows.*fix: ecgssl inspect .* --recover"):
         writer(path)
-    with pytest.raises(StoreError, match="recover_store"):
+    with pytest.raises(StoreError, match="fix: ecgssl inspect .* --recover"):
         open_store(path)
     assert (path / "signal" / "c").is_dir()  # nothing was deleted
     recover_store(path)
@@ -89,7 +89,7 @@ def test_overwrite_is_explicit(tmp_path):
     build(path, range(3))
     (path / MANIFEST).unlink()
     (path / PREV_MANIFEST).unlink()
-    with pytest.raises(StoreError, match="overwrite=True"):
+    with pytest.raises(StoreError, match=r"refusing to create a store over them - fix: move the folder away"):
         writer(path)
     with writer(path, overwrite=True) as w:
         assert w.n_committed == 0
@@ -171,7 +171,7 @@ def test_schema_1_store_is_migrated_with_its_content_digests(tmp_path):
     assert open_store(path).n == len(b)  # readable as is, metadata included (provenance unknown)
     old = open_store(path).meta()
     assert len(old) == len(b) and old.record_path.tolist() == [""] * len(b) and (old.raw_sha256 == "").all()
-    with pytest.raises(StoreError, match="migrate_store"):
+    with pytest.raises(StoreError, match="fix: ecgssl inspect .* --migrate"):
         writer(path)
     new = migrate_store(path)
     assert new["schema_version"] == SCHEMA_VERSION and new["multiset"] == multiset
@@ -399,7 +399,9 @@ def test_inspect_recovers_a_lost_manifest(tmp_path, capsys):
     build(path, range(6))
     n_prev = json.loads((path / PREV_MANIFEST).read_text())["n"]
     (path / MANIFEST).unlink()
-    assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=False, migrate=False)) == 2
-    assert "recover_store" in capsys.readouterr().err
+    from flows.cli import main
+
+    assert main(["inspect", str(path), "--json"]) == 2
+    assert f"fix: ecgssl inspect {path} --recover" in capsys.readouterr().err
     assert _cmd_inspect(argparse.Namespace(store=str(path), json=True, recover=True, migrate=False)) == 0
     assert json.loads(capsys.readouterr().out)["windows"] == n_prev

@@ -24,6 +24,32 @@ ALL_SOURCES = ["challenge-2020", "challenge-2021", "ptb-xl", "ludb"]
 DownstreamTask = Literal["arrhythmia27", "localization", "ptbxl-superclass"]
 
 
+class FolderSource(BaseModel):
+    """A folder of your own WFDB (.hea) / EDF records, ingested into the same store as the catalog sources (the
+    rules of ``ecgssl ingest --folder``: ``ecgmodel.data.folder``). In ``--set`` a bare path stands for
+    ``{"path": ...}``: ``--set 'ingest.folders=["my_ecgs"]'``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., min_length=1, description="Folder holding the records (searched recursively).")
+    labels: str | None = Field(
+        None, description="CSV with a `record` column and label column(s) (see ecgmodel.data.folder); None: unlabelled."
+    )
+    source: str | None = Field(None, description="Source slug written to the store (None: `folder-<folder name>`).")
+    label_system: str = Field(
+        "user-label", description="Code system of the labels (a store dx system, e.g. snomed-ct for SNOMED codes)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    def slug(self) -> str:
+        """The store's source slug of this folder."""
+        return self.source or f"folder-{Path(self.path).resolve().name}"
+
+
 class IngestSection(BaseModel):
     """Parameters of ``flows.ingest.ingest_flow`` (download, convert, window, write the Zarr store)."""
 
@@ -51,6 +77,21 @@ class IngestSection(BaseModel):
     dask_address: str | None = Field(
         None, description="Address of a running Dask scheduler (tcp://host:8786); None starts a local cluster."
     )
+    folders: list[FolderSource] = Field(
+        default_factory=list,
+        description="Folders of your own WFDB/EDF records (with optional labels) ingested after the catalog "
+        "sources, same store and quarantine rules; a file added, removed or changed in one ingests again. "
+        "Leave `sources` empty ([]) for your folders alone.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_slugs(self) -> IngestSection:
+        slugs = [f.slug() for f in self.folders]
+        clash = sorted({s for s in slugs if slugs.count(s) > 1} | (set(slugs) & set(self.sources)))
+        if clash:
+            raise ValueError(f"ingest.folders: source slug(s) {clash} given twice (rule: one slug per folder and "
+                             "none equal to a catalog source); set a `source` for each folder")  # fmt: skip
+        return self
 
 
 class PretrainSection(BaseModel):

@@ -42,8 +42,9 @@ def check_pipeline_args(args: argparse.Namespace):
                                      ", e.g. ecgssl pipeline --demo --set ablation.seeds=1")  # fmt: skip
     cli_checks.check_sources(cfg.ingest.sources, "ingest.sources:")
     cli_checks.check_store_writable(cfg.ingest.store)
-    if not (Path(cfg.ingest.store) / MANIFEST).is_file():  # with a store, an unreachable mirror is reported by
-        cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)  # the run, which goes on with the store
+    if cfg.ingest.sources and not (Path(cfg.ingest.store) / MANIFEST).is_file():  # with a store, an unreachable
+        cli_checks.check_mirror(cfg.ingest.mirror, cfg.ingest.sources)  # mirror is reported by the run
+    check_folders(cfg)
     cli_checks.check_writable_dir(cfg.pretrain.out, "pretrain.out", "pipeline")
     cli_checks.check_overrides(lambda: pretrain_config(cfg.pretrain.preset, cfg.pretrain.overrides),
                                "pretrain.overrides", "keys are those of PretrainConfig, e.g. ecgssl pipeline "
@@ -53,6 +54,27 @@ def check_pipeline_args(args: argparse.Namespace):
     except StoreError:
         pass  # no store yet: the pretraining task takes the lock (and refuses) once the ingest has run
     return cfg
+
+
+def check_folders(cfg) -> None:
+    """Each of ``ingest.folders`` holds records and its labels CSV reads (a UserError naming the fix)."""
+    from ecgmodel.data.folder import read_labels, scan
+    from ecgmodel.errors import UserError
+
+    fix = "ecgssl pipeline --set 'ingest.folders=[{\"path\": \"DIR_WITH_HEA_OR_EDF_FILES\", \"labels\": \"FILE.csv\"}]'"
+    for folder in cfg.ingest.folders:
+        root = Path(folder.path)
+        if not root.is_dir():
+            raise UserError(f"ingest.folders: {root}: no such folder", fix)
+        if not scan(root):
+            raise UserError(f"ingest.folders: {root}: no .hea or .edf file below it", fix)
+        if folder.labels:
+            if not Path(folder.labels).is_file():
+                raise UserError(f"ingest.folders: labels {folder.labels} of {root}: no such file", fix)
+            try:
+                read_labels(folder.labels)
+            except UserError as e:
+                raise UserError(f"ingest.folders: {e.problem}", fix) from None
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:

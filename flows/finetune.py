@@ -151,6 +151,13 @@ def _handler(args: argparse.Namespace) -> int:
         cli_checks.check_encoder_file(args.arch_from, "--arch-from")
     cli_checks.check_overrides(lambda: _config(args), "--set",
                                "keys are those of FinetuneConfig, e.g. ecgssl finetune ... --set optim.epochs=5")
+    from ecgmodel.downstream.dataset import TooFewClasses, check_classes
+    from ecgmodel.errors import UserError
+
+    try:  # too few classes to learn: one line with the counts and the fix, before Prefect and MLflow start
+        check_classes(_config(args))
+    except TooFewClasses as e:
+        raise UserError(e.problem, e.fix()) from None
     result = finetune_flow(
         task=args.task, store=args.store, init=args.init, fraction=args.fraction, seed=args.seed, mode=args.mode,
         overrides=_parse_set(args.set), out_dir=args.out, arch_from=args.arch_from, register_model=args.register,

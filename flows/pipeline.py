@@ -68,6 +68,15 @@ class PipelineFailed(RuntimeError):
         return (type(self), (str(self), self.result))
 
 
+def ingest_state(cfg: PipelineConfig) -> str:
+    """The ingest stage's view of its inputs: the mirror's listings, and the files of each ``ingest.folders``."""
+    from ecgmodel.data.folder import fingerprint
+
+    state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
+    folders = [fingerprint(f.path, f.labels) for f in cfg.ingest.folders]
+    return "+".join([state, *folders])
+
+
 def source_failures(ingested: dict[str, Any], cfg: PipelineConfig) -> list[str]:
     """One line per source that could not be fetched, naming the settings that decide it."""
     return [
@@ -120,7 +129,7 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig(), refresh: bool = Fal
 
     # 1. ingest: keyed on the config and the mirror's checksum listings
     ingest_cfg = cfg.ingest.model_dump()
-    mirror_state = mirror_fingerprint(cfg.ingest.mirror, cfg.ingest.sources)
+    mirror_state = ingest_state(cfg)
     state = ingest_stage.with_options(refresh_cache=refresh)(ingest_cfg, mirror_state, return_state=True)
     ingested = state.result()
     if store_fingerprint(cfg.ingest.store) != ingested.get("store_hash"):

@@ -18,10 +18,25 @@ from tasks.pipeline import STAGE_CACHE, STAGE_CACHE_EXPIRATION
 
 @task(cache_policy=STAGE_CACHE, cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)
 def ingest_stage(ingest: dict[str, Any], mirror_state: str) -> dict[str, Any]:
-    """Download + convert into the store (``flows.ingest.ingest_flow``). Key: config + mirror listings."""
-    from flows.ingest import ingest_flow
+    """Download + convert into the store (``flows.ingest.ingest_flow``), then each of ``ingest['folders']``
+    (``flows.ingest.ingest_folder_flow``). Key: config + mirror listings + the folders' files (``mirror_state``).
 
-    return dict(ingest_flow(**ingest))
+    Returns the store summary after the last step, ``run`` and ``failed_sources`` of all of them.
+    """
+    from flows.ingest import ingest_flow, ingest_folder_flow
+
+    ingest = dict(ingest)
+    folders = ingest.pop("folders", None) or []
+    summary = dict(ingest_flow(**ingest)) if ingest.get("sources") or not folders else {}
+    for folder in folders:
+        done = dict(ingest_folder_flow(
+            folder=folder["path"], store=ingest["store"], labels=folder.get("labels"), source=folder.get("source"),
+            label_system=folder.get("label_system", "user-label"), fs=ingest["fs"], window_s=ingest["window_s"],
+            max_windows_per_record=ingest["max_windows_per_record"]))  # fmt: skip
+        done["run"] = {**summary.get("run", {}), **done["run"]}
+        done["failed_sources"] = {**summary.get("failed_sources", {}), **done["failed_sources"]}
+        summary = done
+    return summary
 
 
 @task(cache_policy=STAGE_CACHE - "rebuild", cache_expiration=STAGE_CACHE_EXPIRATION, persist_result=True)

@@ -98,6 +98,21 @@ def scan(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
 
 
+def fingerprint(root: str | Path, labels: str | Path | None = None) -> str:
+    """Hash of what a folder ingest reads: every file below ``root`` (path below it, size, mtime; hidden folders
+    skipped) and the labels CSV. A file added, removed or changed gives a new fingerprint (16 hex digits)."""
+    import hashlib
+
+    root = Path(root)
+    digest = hashlib.sha256(f"{root.resolve()}\n".encode())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(root).parts)) if root.is_dir() else []  # fmt: skip
+    for p in [*files, *([Path(labels)] if labels and Path(labels).is_file() else [])]:
+        st = p.stat()
+        digest.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     """``{record: {"dx": "a,b", "patient_id": ..., "age": ...}}`` from a labels CSV (see the module doc)."""
     path = Path(path)

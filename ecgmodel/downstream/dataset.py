@@ -24,6 +24,31 @@ from ecgmodel.data.splits import nested_fractions
 from ecgmodel.downstream.config import FinetuneConfig
 
 
+class TooFewClasses(ValueError):
+    """Fewer than 2 classes keep ``min_class_records`` records: nothing to learn (an expected, fixable failure).
+
+    ``counts`` are the records per label before merging; ``suggested`` is the ``min_class_records`` that leaves
+    2 classes (None when the store holds a single label: only more labelled records help).
+    """
+
+    def __init__(self, task: str, target: str, store: str, counts: dict[str, int], min_class_records: int):
+        self.task, self.target, self.store, self.min_class_records = task, target, str(store), int(min_class_records)
+        self.counts = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))}
+        self.suggested = max(self.counts.values()) if len(self.counts) >= 2 else None
+        shown = ", ".join(f"{k} {v}" for k, v in list(self.counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
+        n_kept = sum(v >= self.min_class_records for v in self.counts.values())
+        self.problem = (f"{self.store}: {task} (target '{target}') has {n_kept} class(es) with at least "
+                        f"min_class_records={self.min_class_records} records (records per label: {shown or 'none'}); "
+                        "need at least 2")  # fmt: skip
+        super().__init__(f"{self.problem}: lower min_class_records (--set min_class_records=N) or add labelled records")
+
+    def fix(self) -> str:
+        """The ``ecgssl`` command that fixes it."""
+        if self.suggested is None:
+            return f"add records of a second class: ecgssl ingest --folder DIR --labels FILE.csv --store {self.store}"
+        return f"ecgssl finetune --task {self.task} --store {self.store} ... --set min_class_records={self.suggested}"
+
+
 @dataclass
 class WindowSet:
     """Windows of a set of records, in memory. ``record_index`` maps each window to its record (0..n_records-1)."""
@@ -123,10 +148,7 @@ def _labels(cfg: FinetuneConfig, records: pd.DataFrame, dx_systems: dict[str, st
     merged, rule = L.merge_rare(names[keep], cfg.min_class_records)
     classes = sorted(c for c in merged.unique() if c != "other") + (["other"] if (merged == "other").any() else [])
     if len(classes) < 2:
-        raise ValueError(
-            f"{store_path}: localization target '{target}' has {len(classes)} class(es) after merging rare ones "
-            f"({rule}); need at least 2: lower min_class_records (--set min_class_records=N) or add labelled records"
-        )
+        raise TooFewClasses(cfg.task, target, store_path, names[keep].value_counts().to_dict(), cfg.min_class_records)
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((int(keep.sum()), len(classes)), dtype=bool)
     y[np.arange(len(y)), merged.map(index).to_numpy()] = True
@@ -205,6 +227,19 @@ def labelled_records(cfg: FinetuneConfig, store=None) -> dict:
     return {"store": store, "meta": meta, "records": records, "rows": rows, "y": y, "classes": classes,
             "definitions": definitions, "target": target, "info": info, "assignment_file": assignment_file,
             "n_copies_dropped": n_copies}  # fmt: skip
+
+
+def check_classes(cfg: FinetuneConfig, store=None) -> None:
+    """Raise :class:`TooFewClasses` (or another ValueError naming the rule) when ``cfg``'s task has no two classes
+    to learn; reads the store's metadata only (the CLI runs it before starting Prefect or MLflow)."""
+    if cfg.task != "localization":  # the only task whose classes depend on min_class_records
+        return
+    if store is None:
+        from ecgmodel.data.store import open_store
+
+        store = open_store(cfg.store)
+    records, _ = record_table(store.meta())
+    _labels(cfg, records, dict(store.attrs.get("dx_systems", {})), str(cfg.store), dict(store.attrs.get("sources", {})))
 
 
 def prepare_task(cfg: FinetuneConfig, store=None) -> TaskData:

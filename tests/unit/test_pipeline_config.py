@@ -155,6 +155,56 @@ def test_table_records_from_summary_csv(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ fingerprints
+def test_ingest_folders_validate_and_a_bare_path_is_a_folder(tmp_path):
+    cfg = build_config(overrides=['ingest.folders=["/data/a", {"path": "/data/b", "labels": "/data/b.csv"}]'])
+    first, second = cfg.ingest.folders
+    assert (first.path, first.labels, first.label_system, first.slug()) == ("/data/a", None, "user-label", "folder-a")
+    assert (second.path, second.labels) == ("/data/b", "/data/b.csv")
+    assert PipelineConfig.model_validate(cfg.model_dump()) == cfg  # a dump round-trips
+    assert build_config().ingest.folders == []
+    with pytest.raises(ValidationError, match="given twice"):  # two folders named alike need their own slugs
+        build_config(overrides=['ingest.folders=["/data/a", "/other/a"]'])
+    assert len(build_config(overrides=['ingest.folders=["/data/a", {"path": "/other/a", "source": "site-b"}]'])
+               .ingest.folders) == 2  # fmt: skip
+    with pytest.raises(ValidationError, match="given twice"):  # a slug equal to a catalog source
+        build_config(overrides=['ingest.folders=[{"path": "/data/a", "source": "ludb"}]'])
+    with pytest.raises(ValidationError, match="labls"):  # keys of a folder entry are checked
+        build_config(overrides=['ingest.folders=[{"path": "/data/a", "labls": "x.csv"}]'])
+    with pytest.raises(ValidationError):
+        build_config(overrides=['ingest.folders=[{"path": ""}]'])
+
+
+def test_folder_fingerprint_follows_the_files_and_labels(tmp_path):
+    from ecgmodel.data.folder import fingerprint
+
+    (tmp_path / "a.hea").write_text("a 12 500 5000\n")
+    labels = tmp_path.parent / f"{tmp_path.name}-labels.csv"
+    labels.write_text("record,label\na,NORM\n")
+    first = fingerprint(tmp_path, labels)
+    assert first == fingerprint(tmp_path, labels) != fingerprint(tmp_path)
+    (tmp_path / "a.dat").write_bytes(b"\0" * 10)  # a signal file counts too
+    second = fingerprint(tmp_path, labels)
+    assert second != first
+    labels.write_text("record,label\na,NORM;LVH\n")
+    assert fingerprint(tmp_path, labels) != second
+
+
+def test_cli_rejects_a_folder_without_records_before_running(capsys, tmp_path):
+    from flows.cli import main
+
+    base = ["pipeline", "--demo", "--set", f"ingest.store={tmp_path / 's.zarr'}"]
+    assert main([*base, "--set", f'ingest.folders=["{tmp_path / "nope"}"]']) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such folder" in err and "fix: ecgssl pipeline --set 'ingest.folders=" in err
+    (tmp_path / "empty").mkdir()
+    assert main([*base, "--set", f'ingest.folders=["{tmp_path / "empty"}"]']) == 2
+    assert "no .hea or .edf file" in capsys.readouterr().err
+    (tmp_path / "empty" / "x.hea").write_text("x 12 500 5000\n")
+    folder = json.dumps([{"path": str(tmp_path / "empty"), "labels": str(tmp_path / "missing.csv")}])
+    assert main([*base, "--set", f"ingest.folders={folder}"]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+
+
 def test_mirror_fingerprint_follows_the_listings(tmp_path):
     mirror = tmp_path / "m"
     shutil.copytree(SAMPLE_MIRROR / "ludb", mirror / "ludb")

@@ -54,28 +54,54 @@ def physionet_mirror(shared: Path) -> Path:
     return shared / "physionet"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A fresh clone has no ../shared: deselect (not skip) the tests that need it, and say so once.
+#: Fixtures that stand for the local production stack (tests/integration/test_stack.py): they need PostgreSQL's
+#: server binaries (``$ECGSSL_PG_BIN``, default the Debian path of PostgreSQL 15).
+STACK_FIXTURES = ("stack",)
 
-    CI always has the mirror beside the checkout, so there every test runs. ``ECGSSL_REQUIRE_SHARED=1`` turns a
-    missing mirror into an error instead (CI sets it, so a misplaced mirror cannot silently shrink the suite)."""
-    if shared_available():
-        return
-    if os.environ.get("ECGSSL_REQUIRE_SHARED") == "1":
-        raise pytest.UsageError(
-            f"ECGSSL_REQUIRE_SHARED=1 but the shared mirror is missing at {shared_path()} (set ECGSSL_SHARED)"
-        )
+
+def pg_bin() -> Path:
+    return Path(os.environ.get("ECGSSL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def postgres_available() -> bool:
+    return (pg_bin() / "initdb").is_file() and (pg_bin() / "pg_ctl").is_file()
+
+
+def _deselect(config: pytest.Config, items: list[pytest.Item], fixtures: tuple[str, ...], key) -> None:
     keep, dropped = [], []
     for item in items:
-        needs = any(name in getattr(item, "fixturenames", ()) for name in SHARED_FIXTURES)
+        needs = any(name in getattr(item, "fixturenames", ()) for name in fixtures)
         (dropped if needs else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
-        config.stash[_DESELECTED] = len(dropped)
+        config.stash[key] = len(dropped)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A fresh clone has no ../shared: deselect (not skip) the tests that need it, and say so once; the same for
+    the local-stack tests on a machine without PostgreSQL.
+
+    CI always has the mirror beside the checkout and PostgreSQL installed, so there every test runs.
+    ``ECGSSL_REQUIRE_SHARED=1`` / ``ECGSSL_REQUIRE_POSTGRES=1`` turn a missing mirror / PostgreSQL into an error
+    instead (CI sets both, so a misplaced mirror or a missing server cannot silently shrink the suite)."""
+    if not shared_available():
+        if os.environ.get("ECGSSL_REQUIRE_SHARED") == "1":
+            raise pytest.UsageError(
+                f"ECGSSL_REQUIRE_SHARED=1 but the shared mirror is missing at {shared_path()} (set ECGSSL_SHARED)"
+            )
+        _deselect(config, items, SHARED_FIXTURES, _DESELECTED)
+    if not postgres_available():
+        if os.environ.get("ECGSSL_REQUIRE_POSTGRES") == "1":
+            raise pytest.UsageError(
+                f"ECGSSL_REQUIRE_POSTGRES=1 but PostgreSQL's server binaries are not in {pg_bin()} "
+                "(install postgresql-15 or set ECGSSL_PG_BIN)"
+            )
+        _deselect(config, items, STACK_FIXTURES, _DESELECTED_PG)
 
 
 _DESELECTED = pytest.StashKey[int]()
+_DESELECTED_PG = pytest.StashKey[int]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -90,6 +116,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             f"ecgssl: {n} tests that need the shared PhysioNet mirror were deselected: it is not at "
             f"{shared_path()} (a fresh clone has none; CI runs them with ../shared beside the checkout, "
             "or set ECGSSL_SHARED)",
+            yellow=True,
+        )
+    n = config.stash.get(_DESELECTED_PG, 0)
+    if n:
+        terminalreporter.write_line(
+            f"ecgssl: {n} local-stack tests were deselected: PostgreSQL's server binaries are not in {pg_bin()} "
+            "(install postgresql-15, or set ECGSSL_PG_BIN; CI runs them)",
             yellow=True,
         )
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from ecgmodel.data.site_labels import UNIT_TO_MV, _clean, write_labelled_records
+from ecgmodel.data.site_labels import _clean, signal_mv, write_labelled_records
 from ecgmodel.errors import UserError
 
 SUFFIXES = (".hea", ".edf")
@@ -63,13 +63,7 @@ def read_edf_mv(path: Path) -> tuple[np.ndarray, list[str], float]:
     from wfdb.io.convert.edf import read_edf
 
     rec = read_edf(str(path))
-    sig = np.asarray(rec.p_signal, dtype=np.float64).T
-    for i, unit in enumerate(rec.units or []):
-        key = str(unit).strip().lower()
-        if key not in UNIT_TO_MV:
-            raise ValueError(f"unit rule: channel {rec.sig_name[i]} has unknown unit {unit!r}")
-        sig[i] *= UNIT_TO_MV[key]
-    return sig, [str(n).strip() for n in rec.sig_name], float(rec.fs)
+    return signal_mv(rec), [str(n).strip() for n in rec.sig_name], float(rec.fs)
 
 
 def read_wfdb(hea: Path) -> tuple[np.ndarray, list[str], float]:

@@ -149,13 +149,18 @@ def read_wfdb_mv(path: Path) -> tuple[np.ndarray, list[str], float]:
     import wfdb
 
     rec = wfdb.rdrecord(str(path))
+    return signal_mv(rec), list(rec.sig_name), float(rec.fs)
+
+
+def signal_mv(rec) -> np.ndarray:
+    """A wfdb record's physical signal as (n_leads, T) float64 in mV, each channel scaled by its own unit."""
     sig = np.asarray(rec.p_signal, dtype=np.float64).T
     for i, unit in enumerate(rec.units or []):
         key = str(unit).strip().lower()
         if key not in UNIT_TO_MV:
             raise ValueError(f"unit rule: channel {rec.sig_name[i]} has unknown unit {unit!r}")
         sig[i] *= UNIT_TO_MV[key]
-    return sig, list(rec.sig_name), float(rec.fs)
+    return sig
 
 
 def read_labels(cfg: SiteLabelsConfig) -> pd.DataFrame:

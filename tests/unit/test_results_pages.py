@@ -21,6 +21,7 @@ def test_there_is_a_generated_results_page():
         assert folder.with_suffix(".md").is_file(), f"{folder.name}: no generated page {folder.name}.md beside it"
 
 
+@pytest.mark.slow  # each page re-runs its report's hierarchical bootstrap (1,000 replicates per comparison)
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
 def test_results_page_is_what_its_report_folder_rederives(folder, tmp_path):
     res = rederive(folder, tmp_path, plot=False)

@@ -379,7 +379,7 @@ def test_pretraining_selection_stays_on_the_commit_it_opened(tmp_path):
 def test_pretext_arms_are_compared_head_to_head(tmp_path):
     """arm_contrasts: joint right on 85 % of the records, mask on 60 %, shuffle like joint: joint - mask is
     significant and near +0.25, joint - shuffle is not; the report lists both."""
-    from ecgmodel.ablation.report import Cells, arm_contrasts, contrasts_markdown
+    from ecgmodel.ablation.report import Cells, arm_contrasts, contrasts_markdown, evidence
 
     rng = np.random.default_rng(5)
     n = 400
@@ -407,3 +407,10 @@ def test_pretext_arms_are_compared_head_to_head(tmp_path):
     md = contrasts_markdown(table)
     assert "| ssl-joint - ssl-mask | linear | 1 |" in md and md.count("\n| ssl-") == 3
     assert arm_contrasts(cells, info, ["ssl-joint"], n_boot=10).empty
+    # a contrast reads only the pooled gains, and they are the very intervals the full evidence computes
+    full, _ = evidence(cells, info, "ssl-joint", "ssl-mask", n_boot=300, seed=101)
+    lean, _ = evidence(cells, info, "ssl-joint", "ssl-mask", n_boot=300, seed=101, gains_only=True)
+    cols = ["fraction", "gain", "gain_ci_low", "gain_ci_high", "gain_significant"]
+    pd.testing.assert_frame_equal(lean[cols], full[full["pretrain"] == "pooled"][cols].reset_index(drop=True))
+    assert lean["vs_full"].isna().all() and (lean["pretrain"] == "pooled").all()
+    assert (jm.diff, jm.ci_low, jm.ci_high) == tuple(full.loc[0, ["gain", "gain_ci_low", "gain_ci_high"]])

@@ -42,6 +42,8 @@ from ecgmodel.metrics.bootstrap import (
 )
 
 POOLED = "pooled"
+#: vs-full and labels_to_match text of a piece that ran no reference cells at 100 % of the labels
+NO_FULL_REFERENCE = "not run: no {reference} cells at 100 % of the labels"
 SPEC_FILE = "spec.json"
 CELLS_FILE = "cells.csv"
 TUNING_FILE = "tuning.csv"
@@ -138,6 +140,10 @@ def evidence(cells: Cells, info: dict[str, Any], ssl: str, reference: str, n_boo
         if not fracs:
             continue
         reference_full = cells.arm(mode, reference, 1.0)
+        # a piece without the reference at 100 % (by design) still reports its gains; only the comparisons with
+        # the reference at 100 % (and labels_to_match) are "not run", not "too few test records"
+        no_full = "" if any(math.isclose(x, 1.0) for x in cells.fractions(mode, reference)) else \
+            NO_FULL_REFERENCE.format(reference=reference)
         ref_limits = cells.limits(reference, mode, 1.0) + _schedule_limits(info, reference, mode)
         sched = _schedule_limits(info, ssl, mode) + _schedule_limits(info, reference, mode)
         lower: dict[float, float] = {}
@@ -147,11 +153,11 @@ def evidence(cells: Cells, info: dict[str, Any], ssl: str, reference: str, n_boo
             for i, f in enumerate(fracs):
                 a = cells.arm(mode, ssl, f, pid)
                 g = hierarchical_bootstrap(a, cells.arm(mode, reference, f), fn, n_boot, confidence, seed + i)
-                v = (_NOT_COMPUTED if gains_only
+                v = (_NOT_COMPUTED if gains_only or no_full
                      else hierarchical_bootstrap(a, reference_full, fn, n_boot, confidence, seed + 1000 + i))
                 gain_reasons = cells.limits(ssl, mode, f) + cells.limits(reference, mode, f) + sched
-                full_reasons = cells.limits(ssl, mode, f) + ref_limits + sched
-                too_few = bool(g["too_few"] or v["too_few"])
+                full_reasons = [] if no_full else cells.limits(ssl, mode, f) + ref_limits + sched
+                vs_full_status = no_full or (TOO_FEW_RECORDS if v["too_few"] else "")
                 if which == POOLED:
                     lower[f] = math.nan if v["too_few"] else v["ci_low"]
                     too_few_any |= bool(v["too_few"])
@@ -162,18 +168,20 @@ def evidence(cells: Cells, info: dict[str, Any], ssl: str, reference: str, n_boo
                     "gain_significant": (not g["too_few"]) and _excludes_zero(g),
                     "vs_full": v["estimate"], "vs_full_ci_low": v["ci_low"], "vs_full_ci_high": v["ci_high"],
                     "non_inferior": bool((not v["too_few"]) and math.isfinite(v["ci_low"]) and v["ci_low"] >= -margin),
-                    "too_few": too_few, "gain_withheld": _withheld(gain_reasons),
+                    "too_few": bool(g["too_few"]), "vs_full_status": vs_full_status,
+                    "gain_withheld": _withheld(gain_reasons),
                     "vs_full_withheld": _withheld(full_reasons), "n_test_records": g["n_records"],
                     "n_cells": g["n_cells_a"], "n_pretrain": g["n_pretrain_a"], "n_boot": g["n_boot"],
                 })  # fmt: skip
         value = labels_to_match(lower, margin) if reference_full else math.nan
-        status = _withheld(all_reasons) or (TOO_FEW_RECORDS if too_few_any else "")
-        if too_few_any:
+        status = no_full or _withheld(all_reasons) or (TOO_FEW_RECORDS if too_few_any else "")
+        if too_few_any or no_full:
             value = math.nan
         ltm[f"{ssl}/{mode}"] = {"value": value, "status": status}
     columns = ["arm", "reference", "pretrain", "mode", "fraction", "gain", "gain_ci_low", "gain_ci_high",
                "gain_significant", "vs_full", "vs_full_ci_low", "vs_full_ci_high", "non_inferior", "too_few",
-               "gain_withheld", "vs_full_withheld", "n_test_records", "n_cells", "n_pretrain", "n_boot"]
+               "vs_full_status", "gain_withheld", "vs_full_withheld", "n_test_records", "n_cells", "n_pretrain",
+               "n_boot"]
     return pd.DataFrame(rows, columns=columns), ltm
 
 
@@ -216,7 +224,9 @@ def _gain_text(row, prefix: str = "gain") -> str:
     withheld = getattr(row, f"{prefix}_withheld")
     if withheld:
         return withheld
-    if row.too_few:
+    if prefix == "vs_full" and row.vs_full_status:
+        return row.vs_full_status
+    if prefix != "vs_full" and row.too_few:
         return TOO_FEW_RECORDS
     est, lo, hi = getattr(row, prefix), getattr(row, f"{prefix}_ci_low"), getattr(row, f"{prefix}_ci_high")
     return f"{num(est)} [{num(lo)}, {num(hi)}]"
@@ -381,7 +391,7 @@ def headline_markdown(info: dict[str, Any], cells: Cells, ev: pd.DataFrame, ltm:
                   "arm(f) - reference(100%) (95% CI) | non-inferior |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in ev.itertuples(index=False):
             sig = "withheld" if r.gain_withheld else "-" if r.too_few else "yes" if r.gain_significant else "no"
-            ni = "withheld" if r.vs_full_withheld else "-" if r.too_few else "yes" if r.non_inferior else "no"
+            ni = "withheld" if r.vs_full_withheld else "-" if r.vs_full_status else "yes" if r.non_inferior else "no"
             lines.append(f"| {r.arm} | {r.reference} | {r.pretrain} | {r.mode} | {r.fraction:g} | {_gain_text(r)} | "
                          f"{sig} | {_gain_text(r, 'vs_full')} | {ni} |")  # fmt: skip
     if len(summary):

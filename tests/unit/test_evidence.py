@@ -414,3 +414,36 @@ def test_pretext_arms_are_compared_head_to_head(tmp_path):
     pd.testing.assert_frame_equal(lean[cols], full[full["pretrain"] == "pooled"][cols].reset_index(drop=True))
     assert lean["vs_full"].isna().all() and (lean["pretrain"] == "pooled").all()
     assert (jm.diff, jm.ci_low, jm.ci_high) == tuple(full.loc[0, ["gain", "gain_ci_low", "gain_ci_high"]])
+
+
+def test_a_piece_without_the_reference_at_full_labels_still_reports_its_gains(tmp_path):
+    """Fractions 0.05 and 0.1 only (a piece sized to its budget): SSL - random at each fraction is computed and
+    significant; the comparison with random at 100 % and labels_to_match say "not run", not "too few records"."""
+    from ecgmodel.ablation.report import NO_FULL_REFERENCE, Cells, build_report
+
+    rng = np.random.default_rng(9)
+    n = 300
+    base = rng.random(n)
+    rows = []
+    for init, rate in {"random": 0.55, "ssl": 0.85}.items():
+        for f in (0.05, 0.1):
+            for seed in range(2):
+                out = tmp_path / f"{init}-{f}-{seed}"
+                out.mkdir()
+                correct = base + rng.normal(0, 0.02, n) < rate
+                np.savez(out / "test_predictions.npz", keys=np.array([f"r{i}" for i in range(n)]),
+                         y=np.zeros(n, np.int64), probs=np.zeros((n, 2)), outputs=np.where(correct, 0, 1),
+                         classes=np.array(["a", "b"]))  # fmt: skip
+                rows.append({"mode": "full", "init": init, "fraction": f, "seed": seed, "out_dir": str(out),
+                             "pretrain_id": "p0" if init == "ssl" else "", "test_accuracy": float(correct.mean())})  # fmt: skip
+    info = {"task": "localization", "metric": "test_accuracy", "modes": ["full"], "margin": 0.01,
+            "bootstrap_samples": 200, "bootstrap_seed": 0, "ssl_arms": ["ssl"], "base_dir": str(tmp_path)}  # fmt: skip
+    res = build_report(pd.DataFrame(rows), info, tmp_path / "report", plot=False)
+    not_run = NO_FULL_REFERENCE.format(reference="random")
+    assert res["significant"] == {"0.05": True, "0.1": True}
+    assert res["gains"]["0.1"] == pytest.approx(0.30, abs=0.05)
+    assert res["labels_to_match_status"] == {"ssl/full|random": not_run}
+    assert math.isnan(res["labels_to_match"])
+    assert "too few test records" not in res["markdown"]
+    assert f"| {not_run} | - |" in res["markdown"] and f"| full | {not_run} |" in res["markdown"]
+    assert res["metrics"]["gain_ci_low_at_0.1"] > 0.2

@@ -419,7 +419,7 @@ def test_pretext_arms_are_compared_head_to_head(tmp_path):
 def test_a_piece_without_the_reference_at_full_labels_still_reports_its_gains(tmp_path):
     """Fractions 0.05 and 0.1 only (a piece sized to its budget): SSL - random at each fraction is computed and
     significant; the comparison with random at 100 % and labels_to_match say "not run", not "too few records"."""
-    from ecgmodel.ablation.report import NO_FULL_REFERENCE, Cells, build_report
+    from ecgmodel.ablation.report import NO_FULL_REFERENCE, build_report
 
     rng = np.random.default_rng(9)
     n = 300

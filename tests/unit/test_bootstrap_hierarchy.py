@@ -104,3 +104,20 @@ def test_edge_of_grid_choices_are_withheld_in_print_and_kept_in_the_metrics(tmp_
     assert rep["withheld"]["0.5"].startswith("withheld: ssl regularisation at its grid edge at 0.5")
     assert math.isfinite(rep["metrics"]["gain_at_0.5"]) and rep["metrics"]["gain_at_0.5"] > 0.1  # kept in MLflow
     assert rep["labels_to_match_text"].startswith("withheld:") and "0.200" not in rep["markdown"].split("| mode |")[0]
+
+
+def test_weighted_macro_auroc_is_the_auroc_of_the_repeated_records():
+    """A replicate's per-record multiplicities score exactly as the records copied that many times would, ties
+    included (scores rounded to 1-3 decimals), classes without both outcomes in the replicate left out."""
+    from ecgmodel.metrics.bootstrap import Predictions, fast_macro_auroc, weighted_macro_auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(5, 300))
+        y = rng.random((n, 5)) < rng.random(5) * 0.5
+        probs = np.round(rng.random((n, 5)), int(rng.integers(1, 4)))
+        p = Predictions(np.arange(n).astype(str), y, probs, y, list("abcde"))
+        idx = rng.integers(0, n, n)
+        expected = fast_macro_auroc(y[idx], probs[idx])
+        got = weighted_macro_auroc(p, np.bincount(idx, minlength=n))
+        assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected, abs=1e-12)

@@ -44,6 +44,8 @@ from ecgmodel.metrics.bootstrap import (
 POOLED = "pooled"
 #: vs-full and labels_to_match text of a piece that ran no reference cells at 100 % of the labels
 NO_FULL_REFERENCE = "not run: no {reference} cells at 100 % of the labels"
+#: stands in for a bootstrap that was not run (gains only, or no reference at 100 %)
+_NOT_COMPUTED = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "too_few": False}
 SPEC_FILE = "spec.json"
 CELLS_FILE = "cells.csv"
 TUNING_FILE = "tuning.csv"
@@ -175,7 +177,7 @@ def evidence(cells: Cells, info: dict[str, Any], ssl: str, reference: str, n_boo
                 })  # fmt: skip
         value = labels_to_match(lower, margin) if reference_full else math.nan
         status = no_full or _withheld(all_reasons) or (TOO_FEW_RECORDS if too_few_any else "")
-        if too_few_any or no_full:
+        if too_few_any:
             value = math.nan
         ltm[f"{ssl}/{mode}"] = {"value": value, "status": status}
     columns = ["arm", "reference", "pretrain", "mode", "fraction", "gain", "gain_ci_low", "gain_ci_high",
@@ -203,9 +205,6 @@ def arm_contrasts(cells: Cells, info: dict[str, Any], arms: list[str], n_boot: i
     return pd.DataFrame(rows, columns=columns)
 
 
-_NOT_COMPUTED = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "too_few": False}
-
-
 def _excludes_zero(ci: dict[str, float]) -> bool:
     lo, hi = ci["ci_low"], ci["ci_high"]
     return bool(math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0))
@@ -224,10 +223,9 @@ def _gain_text(row, prefix: str = "gain") -> str:
     withheld = getattr(row, f"{prefix}_withheld")
     if withheld:
         return withheld
-    if prefix == "vs_full" and row.vs_full_status:
-        return row.vs_full_status
-    if prefix != "vs_full" and row.too_few:
-        return TOO_FEW_RECORDS
+    status = row.vs_full_status if prefix == "vs_full" else (TOO_FEW_RECORDS if row.too_few else "")
+    if status:
+        return status
     est, lo, hi = getattr(row, prefix), getattr(row, f"{prefix}_ci_low"), getattr(row, f"{prefix}_ci_high")
     return f"{num(est)} [{num(lo)}, {num(hi)}]"
 

@@ -84,9 +84,8 @@ def weighted_macro_auroc(p: Predictions, counts: np.ndarray) -> float:
     c = np.asarray(counts, np.float64)
     aucs = []
     for k, inv in enumerate(p._tie_groups):
-        m = int(inv.max()) + 1 if len(inv) else 0
-        pos = np.bincount(inv, weights=c * y[:, k], minlength=m)
-        neg = np.bincount(inv, weights=c * ~y[:, k], minlength=m)
+        pos = np.bincount(inv, weights=c * y[:, k])
+        neg = np.bincount(inv, weights=c * ~y[:, k])
         w_pos, w_neg = pos.sum(), neg.sum()
         if w_pos <= 0 or w_neg <= 0:
             continue
